@@ -1,0 +1,31 @@
+"""superjax: extract the features that neural networks store in superposition.
+
+The light, pure API is re-exported here (no orbax, no CLI, no plotting):
+
+* :mod:`superjax.data` — synthetic superposition data y = A z.
+* :mod:`superjax.bounds` — compressed-sensing limits (Donoho–Tanner, coherence, RIP).
+* :mod:`superjax.sparse_coding` — ISTA/FISTA, OMP, debiasing, basis pursuit.
+* :mod:`superjax.metrics` — recovery metrics with their chance levels.
+"""
+
+from superjax import bounds, data, metrics, sparse_coding
+from superjax.bounds import recovery_bounds, rho_weak, statistical_dimension
+from superjax.data import Batch, DataConfig
+from superjax.sparse_coding import (
+    OMPResult,
+    SparseCodingResult,
+    basis_pursuit,
+    debias,
+    fista,
+    fista_fixed,
+    ista,
+    omp,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch", "DataConfig", "OMPResult", "SparseCodingResult", "basis_pursuit", "bounds", "data",
+    "debias", "fista", "fista_fixed", "ista", "metrics", "omp", "recovery_bounds", "rho_weak",
+    "sparse_coding", "statistical_dimension",
+]

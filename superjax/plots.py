@@ -1,0 +1,71 @@
+"""PNG figures for the studies (matplotlib, imported lazily, Agg backend)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def phase_transition(results: list[dict[str, Any]], path: str | pathlib.Path) -> pathlib.Path:
+    """Success map over (δ, ρ) with the Donoho–Tanner curve, and success-vs-ρ curves per δ.
+
+    ``results`` holds one phase-transition result dict per code type (signed / non-negative).
+    """
+    from superjax import bounds
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 4.2 * len(results)), squeeze=False)
+    grid = np.linspace(0.005, 0.995, 199)
+    for (ax_map, ax_curve), res in zip(axes, results, strict=True):
+        signed = res["config"]["signed"]
+        kind = "signed" if signed else "non-negative"
+        rho_w = np.asarray(bounds.rho_weak(grid, signed))
+        for row in res["rows"]:
+            width = 0.6 * min(0.08, 0.5 / max(1, len(res["rows"])))
+            rhos = np.asarray(row["rho"])
+            heights = np.gradient(rhos) if len(rhos) > 1 else np.array([0.02])
+            sc = ax_map.bar(np.full_like(rhos, row["delta"]), heights, width=width,
+                            bottom=rhos - heights / 2, color=_pyplot().cm.viridis(
+                                np.asarray(row["success_rate"])), edgecolor="none")
+            del sc
+            if row["rho50"] is not None and np.isfinite(row["rho50"] or np.nan):
+                ax_map.errorbar(row["delta"], row["rho50"], yerr=row.get("rho50_se") or 0,
+                                fmt="o", color="red", ms=4, capsize=3)
+        ax_map.plot(grid, rho_w, "k-", lw=1.5, label=f"Donoho–Tanner ρ_W(δ), {kind}")
+        ax_map.plot([], [], "o", color="red", label="empirical ρ₅₀ (logistic fit)")
+        ax_map.set(xlim=(0, 1), ylim=(0, 1), xlabel="δ = M/N", ylabel="ρ = K/M",
+                   title=f"L1 recovery, {kind} codes, N = {res['config']['n']}, "
+                         f"{res['config']['trials']} trials/cell")
+        ax_map.legend(loc="upper left", fontsize=8)
+        sm = _pyplot().cm.ScalarMappable(cmap="viridis")
+        fig.colorbar(sm, ax=ax_map, label="success rate")
+        colors = _pyplot().cm.tab10(np.arange(len(res["rows"])))
+        for color, row in zip(colors, res["rows"], strict=True):
+            rhos = np.asarray(row["rho"])
+            ax_curve.plot(rhos, row["success_rate"], "o", color=color,
+                          label=f"δ = {row['delta']:.2f}")
+            if row["rho50"] is not None and np.isfinite(row["rho50"] or np.nan):
+                x = np.linspace(rhos.min(), rhos.max(), 200)
+                ax_curve.plot(x, 1 / (1 + np.exp((x - row["rho50"]) / row["width"])), "-",
+                              color=color, lw=1)
+            ax_curve.axvline(row["rho_weak"], color=color, ls="--", lw=1)
+        ax_curve.set(xlabel="ρ = K/M", ylabel="success rate", ylim=(-0.03, 1.03),
+                     title="success vs ρ (dashed: ρ_W(δ); line: logistic fit)")
+        ax_curve.legend(fontsize=8)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
