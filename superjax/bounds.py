@@ -20,6 +20,7 @@ host-side summary used by the CLI.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -83,7 +84,11 @@ def rho_weak(delta: Float[Array, "..."] | float, signed: bool = False) -> Float[
     projection radically lowers dimension", JAMS 2009; state-evolution formula from Donoho,
     Maleki & Montanari, PNAS 2009.
     """
-    delta = jnp.asarray(delta, dtype=jnp.result_type(float))
+    return _rho_weak(jnp.asarray(delta, dtype=jnp.result_type(float)), signed)
+
+
+@functools.partial(jax.jit, static_argnames="signed")
+def _rho_weak(delta, signed):
     kappa = _kappa(signed)
 
     def single(d):
@@ -104,7 +109,11 @@ def statistical_dimension(
     ψ(ε) = inf_{t ≥ 0} ε(1 + t²) + (1 − ε) κ J(t); the phase transition sits at M = N ψ(ε).
     Reference: Amelunxen, Lotz, McCoy & Tropp, "Living on the edge", Inf. Inference 2014, Prop. 4.5.
     """
-    eps = jnp.asarray(eps, dtype=jnp.result_type(float))
+    return _statistical_dimension(jnp.asarray(eps, dtype=jnp.result_type(float)), signed)
+
+
+@functools.partial(jax.jit, static_argnames="signed")
+def _statistical_dimension(eps, signed):
     kappa = _kappa(signed)
 
     def single(e):

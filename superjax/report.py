@@ -22,13 +22,14 @@ def environment() -> dict[str, str]:
             "flax": flax.__version__, "optax": optax.__version__, "numpy": numpy.__version__}
 
 
-def _jsonable(x: Any) -> Any:
+def to_jsonable(x: Any) -> Any:
+    """Converts arrays, tuples and NamedTuples to plain JSON values (non-finite floats → None)."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [to_jsonable(v) for v in x]
     if hasattr(x, "tolist"):
-        return _jsonable(x.tolist())
+        return to_jsonable(x.tolist())
     if isinstance(x, float) and not math.isfinite(x):
         return None  # JSON has no NaN/Inf; null means "not identified"
     return x
@@ -39,7 +40,7 @@ def write_json(path: str | pathlib.Path, obj: Any) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
     tmp.replace(path)  # atomic: a crash never leaves half a results file
     return path
 
