@@ -31,10 +31,13 @@ def _sklearn_objective(d, y, lam, positive):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("nonneg", [False, True])
 def test_fista_reaches_sklearn_lasso_objective(seed, nonneg):
-    d, y = _problem(seed)
-    lam = 0.05 * float(jnp.max(jnp.abs(y @ d)))
-    result = sc.fista(d, y, lam, nonneg=nonneg, tol=1e-6, max_iter=50_000)
+    # In float64 the certified duality gap can be driven far below the 1e-6 target.
+    with jax.enable_x64(True):
+        d, y = (x.astype(jnp.float64) for x in _problem(seed))
+        lam = 0.05 * float(jnp.max(jnp.abs(y @ d)))
+        result = sc.fista(d, y, lam, nonneg=nonneg, tol=1e-9, max_iter=50_000)
     assert bool(result.converged.all())
+    assert bool(jnp.all(result.gap <= 1e-9 * result.objective))
     for i in range(y.shape[0]):
         ref = _sklearn_objective(d, y[i], lam, nonneg)
         assert abs(float(result.objective[i]) - ref) / ref < 1e-6
@@ -43,9 +46,10 @@ def test_fista_reaches_sklearn_lasso_objective(seed, nonneg):
 def test_ista_and_fista_agree_and_ista_trace_is_monotone():
     d, y = _problem(3, batch=1)
     lam = 0.1
-    fast = sc.fista(d, y[0], lam, tol=1e-7, max_iter=50_000)
-    slow = sc.ista(d, y[0], lam, tol=1e-7, max_iter=50_000, trace=True)
-    assert float(slow.objective) == pytest.approx(float(fast.objective), rel=1e-5)
+    fast = sc.fista(d, y[0], lam, tol=1e-5, max_iter=50_000)
+    slow = sc.ista(d, y[0], lam, tol=1e-5, max_iter=50_000, trace=True)
+    assert bool(fast.converged) and bool(slow.converged)
+    assert float(slow.objective) == pytest.approx(float(fast.objective), rel=2e-5)
     assert int(slow.iterations) > int(fast.iterations)
     tr = np.asarray(slow.trace)[: int(slow.iterations)]
     assert np.all(np.diff(tr) <= 1e-6 * tr[0])  # proximal gradient never increases the objective
@@ -56,7 +60,7 @@ def test_orthonormal_dictionary_closed_form():
     # D = I: the Lasso solution is the soft threshold of y.
     y = jax.random.normal(jax.random.key(0), (5, 16))
     for nonneg in (False, True):
-        result = sc.fista(jnp.eye(16), y, 0.3, nonneg=nonneg, tol=1e-8)
+        result = sc.fista(jnp.eye(16), y, 0.3, nonneg=nonneg)
         chex.assert_trees_all_close(result.codes, sc.soft_threshold(y, 0.3, nonneg), atol=1e-6)
 
 
@@ -83,7 +87,7 @@ def test_batch_equals_single_samples_and_jit():
 
 def test_warm_start_from_the_solution_stops_at_once():
     d, y = _problem(6, batch=2)
-    cold = sc.fista(d, y, 0.1, tol=1e-7, max_iter=20_000)
+    cold = sc.fista(d, y, 0.1, tol=1e-5, max_iter=20_000)
     warm = sc.fista(d, y, 0.1, tol=1e-5, init=cold.codes)
     assert int(warm.iterations.max()) <= 3
     chex.assert_trees_all_close(warm.codes, cold.codes, atol=1e-4)
@@ -92,7 +96,7 @@ def test_warm_start_from_the_solution_stops_at_once():
 def test_fista_fixed_matches_tolerance_variant_and_is_differentiable():
     d, y = _problem(7, batch=2)
     fixed = sc.fista_fixed(d, y, 0.1, 3000)
-    tol = sc.fista(d, y, 0.1, tol=1e-8, max_iter=3000)
+    tol = sc.fista(d, y, 0.1, tol=1e-5, max_iter=3000)
     chex.assert_trees_all_close(fixed.objective, tol.objective, rtol=1e-5)
     assert fixed.trace.shape == (2, 3000)
 
@@ -133,7 +137,7 @@ def test_debias_removes_shrinkage_on_the_true_support():
     support = data.sample_support(jax.random.key(3), cfg, 8)
     z = support * jax.random.uniform(jax.random.key(4), support.shape, minval=0.5, maxval=1.5)
     y = z @ a.T
-    shrunk = sc.fista(a, y, 0.05, nonneg=True, tol=1e-7, max_iter=20_000)
+    shrunk = sc.fista(a, y, 0.05, nonneg=True, tol=1e-5, max_iter=20_000)
     assert float(jnp.abs(shrunk.codes - z).max()) > 1e-2  # L1 shrinkage bias
     chex.assert_trees_all_close(sc.debias(a, y, shrunk.codes), z, atol=1e-4)
 
