@@ -56,7 +56,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def _bounds(args) -> None:
     from superjax import bounds
-
     from superjax.report import to_jsonable
 
     report = bounds.recovery_bounds(args.m, args.n, args.k, args.signed)._asdict()

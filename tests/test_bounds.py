@@ -92,8 +92,8 @@ def test_rip_estimate_orthonormal_and_gaussian():
     est = bounds.rip_estimate(jax.random.key(0), jnp.eye(32), 5, trials=50)
     assert float(est.delta_k) < 1e-6
     m, k = 400, 4
-    est = bounds.rip_estimate(jax.random.key(1), data.gaussian_dictionary(jax.random.key(2), m, 800),
-                              k, trials=200)
+    dictionary = data.gaussian_dictionary(jax.random.key(2), m, 800)
+    est = bounds.rip_estimate(jax.random.key(1), dictionary, k, trials=200)
     # Unit-norm columns: all squared singular values within the Marchenko–Pastur edges (1 ± √(k/m))²
     # up to a small margin, and δ_K within [0, 1).
     edge = math.sqrt(k / m)

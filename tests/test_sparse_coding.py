@@ -10,7 +10,8 @@ import pytest
 from scipy.optimize import linprog
 from sklearn.linear_model import Lasso, OrthogonalMatchingPursuit
 
-from superjax import data, sparse_coding as sc
+from superjax import data
+from superjax import sparse_coding as sc
 
 
 def _problem(seed, m=40, n=100, batch=6):
@@ -196,3 +197,45 @@ def test_wrong_kind_of_input():
         sc.fista(d, "abc", 0.1)
     with pytest.raises(TypeError, match="complex"):
         sc.fista(d, jnp.ones(40, jnp.complex64), 0.1)
+
+
+@pytest.mark.parametrize("nonneg", [False, True])
+def test_working_set_fista_reaches_sklearn_objective_float64(nonneg):
+    with jax.enable_x64(True):
+        cfg = data.DataConfig(m=64, n=256, k=6, signed=not nonneg)
+        a = data.make_dictionary(jax.random.key(0), cfg).astype(jnp.float64)
+        y = data.sample_batch(jax.random.key(1), a, cfg, 5).y.astype(jnp.float64)
+        result = sc.fista_working_set(a, y, 0.02, nonneg=nonneg, working_set=32, tol=1e-9)
+    assert bool(result.converged.all())
+    for i in range(5):
+        ref = _sklearn_objective(a, y[i], 0.02, nonneg)
+        assert abs(float(result.objective[i]) - ref) / ref < 1e-8
+
+
+def test_working_set_fista_matches_plain_fista_and_certifies_float32():
+    cfg = data.DataConfig(m=128, n=512, k=10, signed=True)
+    a = data.make_dictionary(jax.random.key(2), cfg)
+    y = data.sample_batch(jax.random.key(3), a, cfg, 16).y
+    ws = sc.fista_working_set(a, y, 0.01, tol=1e-4)
+    plain = sc.fista(a, y, 0.01, tol=1e-4, max_iter=20_000)
+    assert bool(ws.converged.all()) and bool(plain.converged.all())
+    chex.assert_trees_all_close(ws.objective, plain.objective, rtol=1e-4)
+    # The reported objective and gap belong to the returned codes.
+    chex.assert_trees_all_close(ws.objective, sc.lasso_objective(a, y, ws.codes, 0.01), rtol=1e-5)
+
+
+def test_working_set_too_small_is_reported_not_hidden():
+    # A dense y needs far more than 8 atoms: the solver must say it did not converge.
+    a = data.gaussian_dictionary(jax.random.key(4), 32, 128)
+    y = jax.random.normal(jax.random.key(5), (3, 32))
+    result = sc.fista_working_set(a, y, 0.01, working_set=8, rounds=3)
+    assert not bool(result.converged.any())
+    assert bool(jnp.all(result.gap > 1e-3 * result.objective))
+
+
+def test_working_set_bad_input():
+    d, y = _problem(0)
+    with pytest.raises(ValueError, match="working_set must be >= 1 and <= 100"):
+        sc.fista_working_set(d, y, 0.1, working_set=101)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sc.fista_working_set(d, y.at[1, 1].set(jnp.inf), 0.1)

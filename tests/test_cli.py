@@ -1,0 +1,77 @@
+"""The command line: JSON output, result files, and one clear line (exit 2) for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from superjax import cli
+
+REQUIRED_BOUNDS = {"delta", "rho", "rho_weak", "m_min", "recoverable", "welch_bound",
+                   "k_log_n_over_k"}
+
+
+def test_bounds_prints_one_json_object(capsys):
+    assert cli.main(["bounds", "--m", "64", "--n", "256", "--k", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert REQUIRED_BOUNDS <= set(out)
+    assert out["delta"] == 0.25 and out["recoverable"] is True and out["signed"] is False
+    assert cli.main(["bounds", "--m", "64", "--n", "256", "--k", "40", "--signed"]) == 0
+    signed = json.loads(capsys.readouterr().out)
+    assert signed["recoverable"] is False and signed["rho_weak"] < out["rho_weak"]
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["bounds", "--m", "64", "--n", "256", "--k", "300"], "k must be <= n"),
+    (["bounds", "--m", "0", "--n", "256", "--k", "3"], "m must be >= 1"),
+    (["bounds", "--m", "-5", "--n", "256", "--k", "3"], "m must be >= 1"),
+    (["bounds", "--m", "300", "--n", "256", "--k", "3"], "m must be <= n"),
+    (["phase-transition", "--deltas", "0.1,1.5", "--out", "x"], "each delta must lie in"),
+    (["phase-transition", "--solver", "lars", "--out", "x"], "solver must be one of"),
+    (["phase-transition", "--trials", "0", "--out", "x"], "trials must be >= 1"),
+])
+def test_bad_values_exit_2_with_one_line(argv, match, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["bounds", "--m", "x", "--n", "4", "--k", "1"],
+    ["bounds", "--n", "4", "--k", "1"],
+    ["phase-transition", "--deltas", "0.1,abc", "--out", "x"],
+    ["unknown-command"],
+])
+def test_malformed_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_console_script_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "superjax.cli", "bounds", "--m", "8", "--n",
+                           "16", "--k", "20"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert "k must be <= n" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_out_must_be_a_directory(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("")
+    assert cli.main(["phase-transition", "--n", "40", "--out", str(f)]) == 2
+    assert "must be a directory" in capsys.readouterr().err
+
+
+def test_phase_transition_writes_results(tmp_path, capsys):
+    out = tmp_path / "pt"
+    argv = ["phase-transition", "--n", "40", "--trials", "10", "--deltas", "0.5", "--points",
+            "4", "--quiet", "--out", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads((out / "results.json").read_text())
+    row = result["rows"][0]
+    assert {"delta", "rho50", "rho_weak", "success_rate"} <= set(row)
+    assert len(row["success_rate"]) == len(row["rho"]) <= 4
+    assert (out / "phase_transition.png").stat().st_size > 10_000
+    assert "rho_weak=" in capsys.readouterr().out

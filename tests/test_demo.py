@@ -1,0 +1,21 @@
+"""The main job, end to end: `superjax demo` writes a report whose numbers come from the run."""
+
+import json
+
+from superjax import cli
+
+
+def test_demo_writes_report_with_figures_and_results(tmp_path):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--quiet"]) == 0
+    text = (out / "report.md").read_text()
+    assert "Donoho–Tanner" in text and "![phase transition](phase_transition.png)" in text
+    assert (out / "phase_transition.png").stat().st_size > 10_000
+    results = json.loads((out / "results.json").read_text())
+    rows = [r for res in results["phase_transition"] for r in res["rows"]]
+    assert len(rows) == 6
+    for r in rows:
+        # Demo size (50 trials/cell) is noisier than the full study, but still near ρ_W.
+        assert abs(r["rho50"] - r["rho_weak"]) < 0.06
+        assert f"{r['rho_weak']:.3f}" in text
+    assert any(b["recoverable"] is False for b in results["bounds"])

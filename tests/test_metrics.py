@@ -1,0 +1,102 @@
+"""Metrics: invariances (permutation, sign, scale), chance levels, closed forms, references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import linear_sum_assignment
+
+from superjax import data, metrics
+
+
+def _codes(seed, n=16, samples=2000, k=3):
+    return data.sample_codes(jax.random.key(seed), data.DataConfig(m=8, n=n, k=k), samples)
+
+
+def test_permuted_sign_flipped_rescaled_copy_scores_one():
+    z = _codes(0)
+    perm = jax.random.permutation(jax.random.key(1), 16)
+    signs = jnp.where(jnp.arange(16) % 3 == 0, -1.0, 1.0)
+    z_hat = z[:, perm] * signs * jnp.linspace(0.1, 7.0, 16)
+    assert float(metrics.latent_mcc(z, z_hat)) == pytest.approx(1.0, abs=1e-5)
+    a = data.gaussian_dictionary(jax.random.key(2), 8, 16)
+    scores = metrics.dictionary_metrics(a, a[:, perm] * signs * 3.0)
+    for v in scores:
+        assert float(v) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_independent_codes_score_near_chance():
+    z, other = _codes(3), _codes(4)
+    chance = float(metrics.latent_mcc_chance(jax.random.key(5), z, other))
+    score = float(metrics.latent_mcc(z, other))
+    assert score < 0.1 and abs(score - chance) < 0.02
+    # The chance level of a perfect copy is still low: it measures the metric, not the codes.
+    assert float(metrics.latent_mcc_chance(jax.random.key(5), z, z)) < 0.1
+
+
+def test_extra_and_missing_latents():
+    z = _codes(6)
+    padded = jnp.concatenate([z, jnp.zeros((2000, 4))], axis=1)  # four dead latents
+    assert float(metrics.latent_mcc(z, padded)) == pytest.approx(1.0, abs=1e-5)
+    # Only 8 of 16 latents inferred: the 8 unmatched true latents count 0.
+    assert float(metrics.latent_mcc(z, z[:, :8])) == pytest.approx(0.5, abs=1e-5)
+
+
+def test_constant_column_has_zero_correlation():
+    x = jnp.stack([jnp.linspace(0, 1, 50), jnp.full(50, 0.3)], axis=1)
+    r = metrics.abs_correlation(x, x)
+    np.testing.assert_allclose(np.asarray(r), [[1, 0], [0, 0]], atol=1e-6)
+
+
+def test_hungarian_matching_agrees_with_scipy():
+    score = jax.random.uniform(jax.random.key(7), (12, 15))
+    ours = float(jnp.sum(metrics.matched_scores(score)))
+    rows, cols = linear_sum_assignment(np.asarray(score), maximize=True)
+    assert ours == pytest.approx(float(np.asarray(score)[rows, cols].sum()), rel=1e-6)
+
+
+def test_random_dictionary_chance_level_is_high_in_low_dimension():
+    true8 = data.gaussian_dictionary(jax.random.key(8), 8, 128)
+    true64 = data.gaussian_dictionary(jax.random.key(8), 64, 128)
+    low = metrics.random_dictionary_metrics(jax.random.key(9), true8)
+    high = metrics.random_dictionary_metrics(jax.random.key(9), true64)
+    assert float(low.mmcs) > 0.7 and float(high.mmcs) < 0.5  # best-of-128 in R^8 is far above 0
+    assert float(low.mean_cos) <= float(low.mmcs)
+    assert float(high.recovery_rate_095) == 0.0
+
+
+def test_recovery_rates_at_thresholds():
+    true = data.gaussian_dictionary(jax.random.key(10), 32, 10)
+    noise = data.gaussian_dictionary(jax.random.key(11), 32, 10)
+    # Rotate each atom towards a random direction to an exact cosine.
+    ortho = noise - true * jnp.sum(noise * true, 0)
+    ortho = ortho / jnp.linalg.norm(ortho, axis=0)
+    cosines = jnp.array([0.999, 0.999, 0.97, 0.97, 0.97, 0.5, 0.5, 0.5, 0.5, 0.5])
+    learned = cosines * true + jnp.sqrt(1 - cosines**2) * ortho
+    m = metrics.dictionary_metrics(true, learned)
+    assert float(m.recovery_rate_099) == pytest.approx(0.2)
+    assert float(m.recovery_rate_095) == pytest.approx(0.5)
+
+
+def test_fvu_l0_dead_shrinkage_closed_forms():
+    y = jax.random.normal(jax.random.key(12), (100, 5))
+    assert float(metrics.fvu(y, y)) == 0.0
+    assert float(metrics.fvu(y, jnp.broadcast_to(y.mean(0), y.shape))) == pytest.approx(1.0)
+    z = jnp.array([[0.0, 2.0, 0.05], [0.0, -1.0, 3.0]])
+    assert float(metrics.l0(z)) == 2.0 and float(metrics.l0(z, 0.1)) == 1.5
+    assert float(metrics.dead_fraction(z)) == pytest.approx(1 / 3)
+    assert float(metrics.shrinkage(y, 0.5 * y)) == pytest.approx(0.5)
+
+
+def test_bad_input():
+    z = _codes(13)
+    with pytest.raises(ValueError, match="samples"):
+        metrics.latent_mcc(z, z[:10])
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        metrics.latent_mcc(z.at[0, 0].set(jnp.inf), z)
+    with pytest.raises(ValueError, match="learned rows"):
+        metrics.dictionary_metrics(jnp.ones((8, 4)), jnp.ones((7, 4)))
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.fvu(jnp.ones((4, 3)), jnp.ones((4, 2)))
+    with pytest.raises(ValueError, match="2 dimensions"):
+        metrics.l0(jnp.ones(3))
