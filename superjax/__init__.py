@@ -4,7 +4,7 @@ The light, pure API is re-exported here (no orbax, no CLI, no plotting):
 
 * :mod:`superjax.data` — synthetic superposition data y = A z.
 * :mod:`superjax.bounds` — compressed-sensing limits (Donoho–Tanner, coherence, RIP).
-* :mod:`superjax.sparse_coding` — ISTA/FISTA, OMP, debiasing, basis pursuit.
+* :mod:`superjax.sparse_coding` — ISTA/FISTA, working-set FISTA, OMP, debiasing, basis pursuit.
 * :mod:`superjax.metrics` — recovery metrics with their chance levels.
 """
 
@@ -18,6 +18,7 @@ from superjax.sparse_coding import (
     debias,
     fista,
     fista_fixed,
+    fista_working_set,
     ista,
     omp,
 )
@@ -26,6 +27,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "DataConfig", "OMPResult", "SparseCodingResult", "basis_pursuit", "bounds", "data",
-    "debias", "fista", "fista_fixed", "ista", "metrics", "omp", "recovery_bounds", "rho_weak",
-    "sparse_coding", "statistical_dimension",
+    "debias", "fista", "fista_fixed", "fista_working_set", "ista", "metrics", "omp",
+    "recovery_bounds", "rho_weak", "sparse_coding", "statistical_dimension",
 ]

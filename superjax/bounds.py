@@ -36,6 +36,15 @@ _GRID = 1025
 _GOLDEN_STEPS = 60
 
 
+def _unit_interval(name: str, x) -> Array:
+    """x as a float array; concrete values must lie in (0, 1]."""
+    x = _checks.float_array(name, x, ndims=range(8))
+    if _checks.is_concrete(x) and not bool(jnp.all((x > 0) & (x <= 1))):
+        raise ValueError(f"{name} must lie in (0, 1] (a ratio of sizes), got values in "
+                         f"[{float(jnp.min(x)):g}, {float(jnp.max(x)):g}]")
+    return x
+
+
 def _kappa(signed: bool) -> float:
     return 2.0 if signed else 1.0
 
@@ -84,7 +93,7 @@ def rho_weak(delta: Float[Array, "..."] | float, signed: bool = False) -> Float[
     projection radically lowers dimension", JAMS 2009; state-evolution formula from Donoho,
     Maleki & Montanari, PNAS 2009.
     """
-    return _rho_weak(jnp.asarray(delta, dtype=jnp.result_type(float)), signed)
+    return _rho_weak(_unit_interval("delta", delta), signed)
 
 
 @functools.partial(jax.jit, static_argnames="signed")
@@ -109,7 +118,7 @@ def statistical_dimension(
     ψ(ε) = inf_{t ≥ 0} ε(1 + t²) + (1 − ε) κ J(t); the phase transition sits at M = N ψ(ε).
     Reference: Amelunxen, Lotz, McCoy & Tropp, "Living on the edge", Inf. Inference 2014, Prop. 4.5.
     """
-    return _statistical_dimension(jnp.asarray(eps, dtype=jnp.result_type(float)), signed)
+    return _statistical_dimension(_unit_interval("eps", eps), signed)
 
 
 @functools.partial(jax.jit, static_argnames="signed")
@@ -127,7 +136,7 @@ def _statistical_dimension(eps, signed):
 
 def rho_weak_small_delta(delta: Float[Array, "..."] | float) -> Float[Array, "..."]:
     """Small-δ asymptote ρ_W ≈ 1 / (2 ln(1/δ)) (both sign cases; accurate only for δ ≲ 0.02)."""
-    return 1.0 / (2.0 * jnp.log(1.0 / jnp.asarray(delta, dtype=jnp.result_type(float))))
+    return 1.0 / (2.0 * jnp.log(1.0 / _unit_interval("delta", delta)))
 
 
 def min_measurements(n: int, k: int, signed: bool = False) -> int:
@@ -144,6 +153,8 @@ def k_log_n_over_k(n: int, k: int) -> float:
 
 def mutual_coherence(dictionary: Float[Array, "m n"]) -> Float[Array, ""]:
     """μ(A) = max_{i≠j} |⟨a_i, a_j⟩| / (‖a_i‖‖a_j‖)."""
+    dictionary = _checks.float_array("dictionary", dictionary, ndims=(2,))
+    _checks.positive_int("dictionary columns (N)", dictionary.shape[1], minimum=2)
     a = dictionary / jnp.linalg.norm(dictionary, axis=0, keepdims=True)
     gram = jnp.abs(a.T @ a)
     return jnp.max(jnp.where(jnp.eye(gram.shape[0], dtype=bool), 0.0, gram))
@@ -161,7 +172,7 @@ def coherence_sparsity_limit(mu: float | Float[Array, ""]) -> Float[Array, ""]:
 
     Reference: Donoho & Elad, PNAS 2003; Tropp, IEEE Trans. Inf. Theory 2004.
     """
-    return 0.5 * (1.0 + 1.0 / jnp.asarray(mu, dtype=jnp.result_type(float)))
+    return 0.5 * (1.0 + 1.0 / _unit_interval("mu", mu))
 
 
 class RIPEstimate(NamedTuple):
@@ -179,6 +190,7 @@ def rip_estimate(
     key: PRNGKeyArray, dictionary: Float[Array, "m n"], k: int, trials: int = 1000
 ) -> RIPEstimate:
     """Estimates δ_K = max_S max(σ_max²(A_S) − 1, 1 − σ_min²(A_S)) from random supports S, |S|=K."""
+    dictionary = _checks.float_array("dictionary", dictionary, ndims=(2,))
     m, n = dictionary.shape
     _checks.sparsity(k, n)
     _checks.positive_int("trials", trials)

@@ -96,7 +96,10 @@ def clustered_dictionary(
     angle controls the mutual coherence.
     """
     _checks.positive_int("m", m, minimum=2)
+    _checks.positive_int("n", n)
     _checks.positive_int("n_clusters", n_clusters, maximum=n)
+    if _checks.is_concrete(angle):
+        _checks.real_number("angle", angle, minimum=0.0, maximum=jnp.pi / 2)
     key_c, key_u = jax.random.split(key)
     centres = gaussian_dictionary(key_c, m, n_clusters)[:, jnp.arange(n) % n_clusters]
     u = jax.random.normal(key_u, (m, n))

@@ -62,7 +62,7 @@ def phase_transition_section(out: pathlib.Path, full: bool, progress: bool) -> t
             "relative error < 1e-2. ρ₅₀ is the 50 % point of a logistic fit (± its standard "
             "error). At N = 200 the finite-size shift puts ρ₅₀ a few hundredths above ρ_W.\n\n"
             + report.markdown_table(["codes", "δ", "M", "ρ_W(δ)", "ρ₅₀ (empirical)",
-                                     "|ρ₅₀ − ρ_W|"], table)
+                                     "abs. error"], table)
             + "\n\n![phase transition](phase_transition.png)\n\n"
             f"Reproduce: `superjax phase-transition --n {kwargs['n']} --trials "
             f"{kwargs['trials']} --deltas {deltas} [--signed] --out DIR`; full size: "

@@ -17,7 +17,8 @@ def environment() -> dict[str, str]:
     import optax
 
     dev = jax.devices()[0]
-    return {"device": f"{dev.platform}: {getattr(dev, 'device_kind', '')}",
+    kind = getattr(dev, "device_kind", "")
+    return {"device": dev.platform.upper() + (f" ({kind})" if kind != dev.platform else ""),
             "device_count": str(jax.device_count()), "jax": jax.__version__,
             "flax": flax.__version__, "optax": optax.__version__, "numpy": numpy.__version__}
 

@@ -72,6 +72,7 @@ def lasso_objective(
     dictionary: Float[Array, "m n"], y: Float[Array, "*b m"], codes: Float[Array, "*b n"], lam
 ) -> Float[Array, "*b"]:
     """½‖y − D z‖² + λ‖z‖₁ per sample."""
+    dictionary, y, codes = _validate(dictionary, y, codes, "codes")
     residual = codes @ dictionary.T - y
     return 0.5 * jnp.sum(residual**2, axis=-1) + lam * jnp.sum(jnp.abs(codes), axis=-1)
 
@@ -88,15 +89,16 @@ def soft_threshold(v: Float[Array, "..."], threshold, nonneg: bool = False) -> F
     return jnp.sign(v) * jnp.maximum(jnp.abs(v) - threshold, 0.0)
 
 
-def _validate(dictionary, y, init=None):
+def _validate(dictionary, y, init=None, init_name="init"):
     dictionary = _checks.float_array("dictionary", dictionary, ndims=(2,))
     y = _checks.float_array("y", y, ndims=(1, 2))
     _checks.same_size("y's last dimension", y.shape[-1], "dictionary rows (M)", dictionary.shape[0])
     if init is not None:
-        init = _checks.float_array("init", init, ndims=(y.ndim,))
+        init = _checks.float_array(init_name, init, ndims=(y.ndim,))
         want = y.shape[:-1] + (dictionary.shape[1],)
         if init.shape != want:
-            raise ValueError(f"init must have shape {want} (batch of N-vectors), got {init.shape}")
+            raise ValueError(f"{init_name} must have shape {want} (one N-vector per sample), "
+                             f"got {init.shape}")
     return dictionary, y, init
 
 
@@ -526,7 +528,7 @@ def debias(
     Removes the L1 shrinkage bias. At most M atoms (the largest |z_j|) are kept, so the refit is
     never underdetermined; entries off the support are set to 0.
     """
-    dictionary, y, codes = _validate(dictionary, y, codes)
+    dictionary, y, codes = _validate(dictionary, y, codes, "codes")
     threshold = _checks.real_number("threshold", threshold, minimum=0.0)
     m, n = dictionary.shape
     size = min(m, n)

@@ -133,3 +133,22 @@ def test_bounds_bad_types():
         bounds.k_log_n_over_k(10, 20)
     with pytest.raises(ValueError, match="k must be <= n"):
         bounds.rip_estimate(jax.random.key(0), jnp.eye(4), 5)
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: bounds.rho_weak(0.0), "delta must lie in"),
+    (lambda: bounds.rho_weak(jnp.array([0.5, 1.5])), "delta must lie in"),
+    (lambda: bounds.rho_weak(float("nan")), "NaN or Inf"),
+    (lambda: bounds.statistical_dimension(-0.1), "eps must lie in"),
+    (lambda: bounds.coherence_sparsity_limit(0.0), "mu must lie in"),
+    (lambda: bounds.mutual_coherence(jnp.ones(4)), "dictionary must have 2 dimensions"),
+])
+def test_bound_functions_validate_ranges(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_bounds_jit_and_vmap():
+    f = jax.jit(jax.vmap(lambda d: bounds.rho_weak(d, True)))
+    np.testing.assert_allclose(f(jnp.array([0.25, 0.5])), bounds.rho_weak(jnp.array([0.25, 0.5]),
+                                                                           True), atol=1e-6)

@@ -182,7 +182,7 @@ def test_basis_pursuit_matches_exact_lp_success(nonneg):
     (lambda d, y: sc.omp(d, y, 101), "k must be <= dictionary columns"),
     (lambda d, y: sc.omp(d, y, 41), "k must be <= M"),
     (lambda d, y: sc.omp(d, y, 0), "k must be >= 1"),
-    (lambda d, y: sc.debias(d, y, jnp.zeros((6, 99))), "init must have shape"),
+    (lambda d, y: sc.debias(d, y, jnp.zeros((6, 99))), "codes must have shape"),
     (lambda d, y: sc.basis_pursuit(d[:, :30], y, nonneg=True), "needs M <= N"),
 ])
 def test_bad_input_is_a_clear_error(call, match):
