@@ -96,18 +96,20 @@ def rho_weak(delta: Float[Array, "..."] | float, signed: bool = False) -> Float[
     return _rho_weak(_unit_interval("delta", delta), signed)
 
 
+def _sup_over_t(x, objective):
+    """Elementwise sup_{t ≥ 0} objective(x, t) over an array x of ratios."""
+    return jnp.vectorize(lambda v: _maximise(lambda t: objective(v, t), v.dtype))(x)
+
+
 @functools.partial(jax.jit, static_argnames="signed")
 def _rho_weak(delta, signed):
     kappa = _kappa(signed)
 
-    def single(d):
-        def ratio(t):
-            j = kappa * gaussian_tail_moment(t)
-            return (1.0 - j / d) / (1.0 + t**2 - j)
+    def ratio(d, t):
+        j = kappa * gaussian_tail_moment(t)
+        return (1.0 - j / d) / (1.0 + t**2 - j)
 
-        return jnp.clip(_maximise(ratio, d.dtype), 0.0, 1.0)
-
-    return jnp.vectorize(single)(delta)
+    return jnp.clip(_sup_over_t(delta, ratio), 0.0, 1.0)
 
 
 def statistical_dimension(
@@ -125,13 +127,10 @@ def statistical_dimension(
 def _statistical_dimension(eps, signed):
     kappa = _kappa(signed)
 
-    def single(e):
-        def neg(t):
-            return -(e * (1.0 + t**2) + (1.0 - e) * kappa * gaussian_tail_moment(t))
+    def neg(e, t):
+        return -(e * (1.0 + t**2) + (1.0 - e) * kappa * gaussian_tail_moment(t))
 
-        return jnp.clip(-_maximise(neg, e.dtype), 0.0, 1.0)
-
-    return jnp.vectorize(single)(eps)
+    return jnp.clip(-_sup_over_t(eps, neg), 0.0, 1.0)
 
 
 def rho_weak_small_delta(delta: Float[Array, "..."] | float) -> Float[Array, "..."]:

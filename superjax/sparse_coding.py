@@ -5,10 +5,10 @@ Objective (per sample y ∈ R^M, dictionary D ∈ R^{M×N}):
     min_z  ½‖y − D z‖² + λ‖z‖₁          (optionally subject to z ≥ 0)
 
 Every solver takes one sample ``y`` of shape (M,) or a batch of shape (B, M); batches are solved by
-``jax.vmap`` of the single-sample algorithm, so each sample stops on its own tolerance and gets
-exactly the answer it would get alone. Solvers are pure and jit-able (hyperparameters that fix
-shapes or control flow, such as ``max_iter`` or ``nonneg``, must be static under ``jax.jit``).
-Results are NamedTuples carrying convergence information.
+``jax.vmap`` of the single-sample algorithm, so each sample stops on its own tolerance (the batched
+answer equals the single-sample one up to floating-point summation order). Solvers are pure and
+jit-able; hyperparameters that fix shapes or control flow, such as ``max_iter`` or ``nonneg``, must
+be static under ``jax.jit``. Results are NamedTuples carrying convergence information.
 """
 
 from __future__ import annotations
@@ -165,6 +165,20 @@ def _duality_gap(objective, rr, x, corr, lam, nonneg):
     return objective - dual
 
 
+def _momentum(t, x, z_new, z_old, restart: bool):
+    """FISTA's t-sequence and extrapolation weight β, with optional gradient restart.
+
+    Restart (O'Donoghue & Candès 2015): drop the momentum when it points uphill, i.e. when
+    (x − z_new)ᵀ(z_new − z_old) > 0.
+    """
+    t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t**2))
+    beta = (t - 1.0) / t_new
+    if restart:
+        uphill = jnp.vdot(x - z_new, z_new - z_old) > 0
+        t_new, beta = jnp.where(uphill, 1.0, t_new), jnp.where(uphill, 0.0, beta)
+    return t_new, beta
+
+
 def _fista_step(dictionary, y, lam, step, nonneg, accelerated, restart, s: _FistaState):
     """One proximal-gradient step from the momentum point (Beck & Teboulle 2009).
 
@@ -176,12 +190,7 @@ def _fista_step(dictionary, y, lam, step, nonneg, accelerated, restart, s: _Fist
     z = soft_threshold(s.x - step * grad, lam * step, nonneg)
     rz = dictionary @ z - y
     if accelerated:
-        t = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * s.t**2))
-        beta = (s.t - 1.0) / t
-        if restart:
-            # Gradient restart (O'Donoghue & Candès 2015): drop momentum when it points uphill.
-            uphill = jnp.vdot(s.x - z, z - s.z) > 0
-            t, beta = jnp.where(uphill, 1.0, t), jnp.where(uphill, 0.0, beta)
+        t, beta = _momentum(s.t, s.x, z, s.z, restart)
     else:
         t, beta = s.t, jnp.zeros_like(s.t)
     objective = 0.5 * jnp.sum(rz**2) + lam * jnp.sum(jnp.abs(z))
@@ -370,10 +379,7 @@ def fista_working_set(
         def step(_, c):
             z, x, t = c
             z_new = soft_threshold(x - (g @ x - b) / lip, lami / lip, nonneg)
-            t_new = 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t**2))
-            beta = (t - 1.0) / t_new
-            uphill = jnp.vdot(x - z_new, z_new - z) > 0
-            t_new, beta = jnp.where(uphill, 1.0, t_new), jnp.where(uphill, 0.0, beta)
+            t_new, beta = _momentum(t, x, z_new, z, restart=True)
             return z_new, z_new + beta * (z_new - z), t_new
 
         def cond(c):
