@@ -1,0 +1,150 @@
+"""SAE modules and losses: structural sparsity, STE gradients, invariances, closed forms."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from superjax import losses, models
+
+
+def _model(activation="relu", d_in=8, d_sae=16, k=3, seed=0):
+    cfg = models.SAEConfig(d_in=d_in, d_sae=d_sae, activation=activation, k=k)
+    return models.SparseAutoencoder(cfg, rngs=nnx.Rngs(seed))
+
+
+def _x(batch=32, d=8, seed=1):
+    return jax.random.normal(jax.random.key(seed), (batch, d))
+
+
+def test_initialisation_unit_atoms_and_tied_encoder():
+    m = _model()
+    chex.assert_trees_all_close(jnp.linalg.norm(m.W_dec[...], axis=1), jnp.ones(16), atol=1e-6)
+    chex.assert_trees_all_close(m.W_enc[...], m.W_dec[...].T)
+    assert m.dictionary.shape == (8, 16)
+    out = m(_x())
+    chex.assert_shape([out.reconstruction, out.codes, out.pre_activations],
+                      [(32, 8), (32, 16), (32, 16)])
+
+
+def test_topk_keeps_exactly_k_and_batchtopk_k_times_batch():
+    x = _x() + 3.0  # make pre-activations positive so ReLU does not remove any kept entry
+    m = _model("topk")
+    m.b_enc[...] = jnp.full(16, 100.0)
+    codes = m(x).codes
+    assert np.all(np.asarray(jnp.sum(codes != 0, axis=1)) == 3)
+    mb = _model("batchtopk")
+    mb.b_enc[...] = jnp.full(16, 100.0)
+    codes = mb(x).codes
+    assert int(jnp.sum(codes != 0)) == 3 * 32
+    counts = np.asarray(jnp.sum(codes != 0, axis=1))
+    assert counts.min() >= 0 and counts.max() <= 16
+
+
+def test_topk_selects_the_largest_pre_activations():
+    pre = jnp.array([[0.1, 5.0, -1.0, 3.0], [2.0, 1.0, 4.0, 0.5]])
+    np.testing.assert_array_equal(models.topk_mask(pre, 2), [[0, 1, 0, 1], [1, 0, 1, 0]])
+    # Batch-wide: the 4 largest of all 8 entries are 5, 4, 3 and 2.
+    np.testing.assert_array_equal(models.batch_topk_mask(pre, 2), [[0, 1, 0, 1], [1, 0, 1, 0]])
+    wide = jnp.array([[9.0, 8.0, 7.0, 6.0], [0.1, 0.2, 0.3, 0.4]])
+    np.testing.assert_array_equal(jnp.sum(models.batch_topk_mask(wide, 2), axis=1), [4, 0])
+
+
+def test_jumprelu_straight_through_gradient_matches_rectangle_kernel():
+    eps = 0.1
+    pre = jnp.array([[0.52, 0.10, 0.90], [0.47, 0.30, 0.96]])
+    theta = jnp.array([0.5, 0.5, 1.0])
+
+    def l0(t):
+        return jnp.sum(models.heaviside_ste(pre, t, eps))
+
+    grad = jax.grad(l0)(theta)
+    # dL0/dθ_j = −(1/ε)·#{b : |pre_bj − θ_j| < ε/2}
+    # Column 0: 0.52 and 0.47 lie within ε/2 of θ = 0.5; column 2: only 0.96 lies within ε/2 of 1.
+    np.testing.assert_allclose(grad, [-2 / eps, 0.0, -1 / eps], rtol=1e-6)
+    assert float(l0(theta)) == 1.0  # only 0.52 is above its threshold
+    # JumpReLU passes the gradient to x where the unit is open, like ReLU.
+    gx = jax.grad(lambda p: jnp.sum(models.jumprelu(p, theta, eps)))(pre)
+    np.testing.assert_array_equal(gx, (pre > theta).astype(jnp.float32))
+
+
+def test_jumprelu_threshold_is_float32_and_trained_by_loss():
+    m = _model("jumprelu")
+    assert m.threshold[...].dtype == jnp.float32
+    m.config = models.SAEConfig(d_in=8, d_sae=16, activation="jumprelu",
+                                jumprelu_init_threshold=1e-3, jumprelu_bandwidth=1.0)
+    grads = nnx.grad(lambda mm: losses.sae_loss(mm, _x(), lam=1.0)[0])(m)
+    assert float(jnp.abs(grads.threshold[...]).sum()) > 0
+
+
+def test_l1_penalty_is_invariant_to_encoder_decoder_rescaling():
+    # Scaling atom j by c and its code by 1/c leaves x̂ and the norm-weighted L1 unchanged.
+    m = _model("relu")
+    x = _x()
+    loss_a, aux_a = losses.sae_loss(m, x, lam=0.3)
+    c = jnp.linspace(0.5, 2.0, 16)
+    m.W_dec[...] = m.W_dec[...] * c[:, None]
+    m.W_enc[...] = m.W_enc[...] / c[None, :]
+    m.b_enc[...] = m.b_enc[...] / c
+    loss_b, aux_b = losses.sae_loss(m, x, lam=0.3)
+    assert float(loss_b) == pytest.approx(float(loss_a), rel=1e-5)
+    assert float(aux_b.sparsity) == pytest.approx(float(aux_a.sparsity), rel=1e-5)
+
+
+def test_l1_loss_closed_form():
+    out = models.SAEOutput(reconstruction=jnp.array([[1.0, 0.0]]), codes=jnp.array([[2.0, -1.0]]),
+                           pre_activations=jnp.zeros((1, 2)))
+    w_dec = jnp.array([[3.0, 4.0], [0.0, 1.0]])  # row norms 5 and 1
+    loss, aux = losses.l1_sae_loss(jnp.array([[1.0, 2.0]]), out, w_dec, lam=0.5)
+    assert float(aux.mse) == 4.0 and float(aux.sparsity) == 11.0 and float(aux.l0) == 2.0
+    assert float(loss) == pytest.approx(4.0 + 0.5 * 11.0)
+
+
+def test_identity_sae_reconstructs_non_negative_data_exactly():
+    m = _model("relu", d_in=8, d_sae=8)
+    m.W_dec[...] = jnp.eye(8)
+    m.W_enc[...] = jnp.eye(8)
+    x = jnp.abs(_x())
+    loss, aux = losses.sae_loss(m, x, lam=0.0)
+    assert float(loss) < 1e-10 and float(aux.fvu) < 1e-10
+
+
+def test_decoder_normalisation_and_parallel_gradient_removal():
+    m = _model()
+    m.W_dec[...] = m.W_dec[...] * 3.0
+    models.normalize_decoder(m)
+    chex.assert_trees_all_close(jnp.linalg.norm(m.W_dec[...], axis=1), jnp.ones(16), atol=1e-6)
+    g = jax.random.normal(jax.random.key(3), (16, 8))
+    g_perp = models.remove_parallel_gradient(m.W_dec[...], g)
+    chex.assert_trees_all_close(jnp.sum(g_perp * m.W_dec[...], axis=1), jnp.zeros(16), atol=1e-6)
+
+
+def test_loss_is_jittable_through_split_merge():
+    m = _model("topk")
+    graphdef, state = nnx.split(m)
+
+    @jax.jit
+    def loss_fn(state, x):
+        return losses.sae_loss(nnx.merge(graphdef, state), x)[0]
+
+    assert float(loss_fn(state, _x())) == pytest.approx(float(losses.sae_loss(m, _x())[0]),
+                                                         rel=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "err", "match"), [
+    ({"d_in": 8, "d_sae": 16, "activation": "gelu"}, ValueError, "activation must be one of"),
+    ({"d_in": 8, "d_sae": 16, "activation": "topk", "k": 17}, ValueError, "k must be"),
+    ({"d_in": 8, "d_sae": 16, "activation": "topk"}, ValueError, "k must be >= 1"),
+    ({"d_in": 0, "d_sae": 16}, ValueError, "d_in must be >= 1"),
+    ({"d_in": 8, "d_sae": 16, "jumprelu_bandwidth": 0.0}, ValueError, "jumprelu_bandwidth"),
+])
+def test_config_validation(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        models.SAEConfig(**kwargs)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"shape \(batch, 8\)"):
+        _model()(jnp.ones((4, 7)))
