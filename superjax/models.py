@@ -19,7 +19,6 @@ Model code knows nothing about training: forward returns an :class:`SAEOutput`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
@@ -71,30 +70,17 @@ class SAEOutput(NamedTuple):
     pre_activations: Float[Array, "b d_sae"]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def heaviside_ste(x: Array, threshold: Array, bandwidth: float) -> Array:
     """H(x − θ), with the straight-through pseudo-derivative of Rajamanoharan et al. (2024).
 
     Forward: 1[x > θ]. Backward: ∂/∂θ = −K((x − θ)/ε)/ε with the rectangle kernel
-    K(u) = 1[|u| < ½]; no gradient flows to x (the forward value of H is piecewise constant).
+    K(u) = 1[|u| < ½]; no gradient flows to x (H is piecewise constant in x). Written with
+    ``stop_gradient`` instead of a custom VJP, so it composes with shard_map's varying-axis typing.
     """
-    return (x > threshold).astype(x.dtype)
-
-
-def _heaviside_fwd(x, threshold, bandwidth):
-    return heaviside_ste(x, threshold, bandwidth), (x, threshold)
-
-
-def _heaviside_bwd(bandwidth, res, g):
-    x, threshold = res
-    kernel = (jnp.abs(x - threshold) < bandwidth / 2).astype(g.dtype) / bandwidth
-    dtheta = -g * kernel
-    # θ is broadcast over the batch: sum the cotangent back to θ's shape.
-    dtheta = jnp.sum(dtheta.reshape((-1,) + threshold.shape), axis=0).astype(threshold.dtype)
-    return jnp.zeros_like(x), dtheta
-
-
-heaviside_ste.defvjp(_heaviside_fwd, _heaviside_bwd)
+    step = jax.lax.stop_gradient((x > threshold).astype(x.dtype))
+    kernel = jax.lax.stop_gradient(
+        (jnp.abs(x - threshold) < bandwidth / 2).astype(x.dtype) / bandwidth)
+    return step + (jax.lax.stop_gradient(threshold) - threshold) * kernel
 
 
 def jumprelu(x: Array, threshold: Array, bandwidth: float) -> Array:
