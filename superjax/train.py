@@ -53,24 +53,37 @@ def init_state(model: models.SparseAutoencoder, tx: optax.GradientTransformation
     return graphdef, TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
 
 
+def init_stack(config: models.SAEConfig, tx: optax.GradientTransformation, seeds: list[int]
+               ) -> tuple[nnx.GraphDef, TrainState]:
+    """One TrainState per seed, stacked along a leading axis (for a vmapped sweep)."""
+    if not seeds:
+        raise ValueError("seeds must name at least one seed")
+    pairs = [init_state(models.SparseAutoencoder(config, rngs=nnx.Rngs(s)), tx) for s in seeds]
+    return pairs[0][0], jax.tree.map(lambda *xs: jnp.stack(xs), *(p[1] for p in pairs))
+
+
 def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, lam: float = 0.0,
-    axis_name: str | None = None,
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, axis_name: str | None = None,
 ):
-    """Returns the pure train step ``step(state, batch) -> (state, metrics)``.
+    """Returns the pure train step ``step(state, batch, lam) -> (state, metrics)``.
+
+    ``lam`` is the sparsity coefficient (L1 for ReLU, L0 for JumpReLU; unused by TopK variants).
+    It is an argument, not a constant, so a sweep is one compiled step:
+    ``jax.vmap(step, in_axes=(0, None, 0))`` trains a stack of SAEs (different seeds and λ) on
+    one shared batch.
 
     Args:
       graphdef: from :func:`init_state`.
       tx: the optax transformation used to build the state.
-      lam: sparsity coefficient (L1 for ReLU, L0 for JumpReLU; unused by TopK variants).
       axis_name: mesh axis to average gradients and metrics over, or None (see module docstring).
     """
 
-    def loss_fn(params, batch):
+    def loss_fn(params, batch, lam):
         return losses.sae_loss(nnx.merge(graphdef, params), batch, lam)
 
-    def step(state: TrainState, batch: Float[Array, "b d"]) -> tuple[TrainState, dict[str, Any]]:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    def step(state: TrainState, batch: Float[Array, "b d"], lam: float | Array = 0.0
+             ) -> tuple[TrainState, dict[str, Any]]:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, lam)
         if axis_name is not None:
             grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis_name)
         w_dec = state.params["W_dec"]

@@ -27,11 +27,11 @@ def test_simulated_devices_are_available():
 
 def test_training_reduces_loss_and_keeps_unit_atoms():
     cfg, a, tx, graphdef, state = _setup()
-    step = jax.jit(train.make_train_step(graphdef, tx, lam=1e-3))
+    step = jax.jit(train.make_train_step(graphdef, tx))
     key = jax.random.key(1)
     first = None
     for s in range(200):
-        state, metrics = step(state, data.batch_at(key, s, a, cfg, 256).y)
+        state, metrics = step(state, data.batch_at(key, s, a, cfg, 256).y, 1e-3)
         first = float(metrics["loss"]) if first is None else first
     assert float(metrics["loss"]) < 0.2 * first
     assert int(state.step) == 200
@@ -43,17 +43,19 @@ def test_training_reduces_loss_and_keeps_unit_atoms():
 def test_sharded_step_equals_single_device_step(activation):
     cfg, a, tx, graphdef, state = _setup(activation)
     batch = data.batch_at(jax.random.key(2), 0, a, cfg, 64).y
-    single = jax.jit(train.make_train_step(graphdef, tx, lam=1e-2))
+    single = jax.jit(train.make_train_step(graphdef, tx))
     # Auto axes: under jit the compiler propagates the batch sharding (classic data parallelism).
     mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     # shard_map: per-device code with an explicit gradient pmean over the data axis.
-    mapped = jax.jit(jax.shard_map(train.make_train_step(graphdef, tx, lam=1e-2, axis_name="data"),
-                                   mesh=mesh, in_specs=(P(), P("data")), out_specs=(P(), P())))
+    mapped = jax.jit(jax.shard_map(train.make_train_step(graphdef, tx, axis_name="data"),
+                                   mesh=mesh, in_specs=(P(), P("data"), P()),
+                                   out_specs=(P(), P())))
     # jit with a data-sharded batch: XLA inserts the reduction itself.
     sharded_batch = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    ref_state, ref_metrics = single(state, batch)
+    lam = jnp.float32(1e-2)
+    ref_state, ref_metrics = single(state, batch, lam)
     for fn, b in ((mapped, sharded_batch), (single, sharded_batch)):
-        new_state, metrics = fn(state, b)
+        new_state, metrics = fn(state, b, lam)
         chex.assert_trees_all_close(new_state.params, ref_state.params, atol=1e-6, rtol=1e-5)
         assert float(metrics["loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=1e-5)
 
@@ -63,3 +65,22 @@ def test_optimizer_validation():
         train.optimizer(0.0)
     with pytest.raises(ValueError, match="total_steps must be >= 1"):
         train.optimizer(1e-3, total_steps=0)
+
+
+def test_vmapped_sweep_equals_separate_runs():
+    cfg, a, tx, _, _ = _setup()
+    sae = models.SAEConfig(8, 16, "relu")
+    seeds, lams = [0, 1, 2], jnp.array([1e-3, 1e-2, 3e-2])
+    graphdef, stack = train.init_stack(sae, tx, seeds)
+    step = train.make_train_step(graphdef, tx)
+    sweep = jax.jit(jax.vmap(step, in_axes=(0, None, 0)))
+    key = jax.random.key(4)
+    for s in range(5):
+        stack, metrics = sweep(stack, data.batch_at(key, s, a, cfg, 128).y, lams)
+    assert metrics["loss"].shape == (3,)
+    for i, seed in enumerate(seeds):
+        _, state = train.init_state(models.SparseAutoencoder(sae, rngs=nnx.Rngs(seed)), tx)
+        for s in range(5):
+            state, _ = jax.jit(step)(state, data.batch_at(key, s, a, cfg, 128).y, lams[i])
+        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], stack.params),
+                                    state.params, atol=1e-5, rtol=1e-5)
