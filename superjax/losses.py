@@ -26,6 +26,11 @@ class LossAux(NamedTuple):
     sparsity: Float[Array, ""]  # the penalised sparsity term (weighted L1, or L0), before λ
     l0: Float[Array, ""]  # mean number of non-zero codes per sample
     fvu: Float[Array, ""]  # fraction of variance unexplained on this batch
+    density: Float[Array, " n"]  # fraction of the batch on which each latent fired
+
+
+def _density(out: SAEOutput) -> Array:
+    return jnp.mean(out.codes != 0, axis=0).astype(out.codes.dtype)
 
 
 def _reconstruction(x, out: SAEOutput) -> tuple[Array, Array]:
@@ -42,14 +47,14 @@ def l1_sae_loss(
     norms = jnp.linalg.norm(w_dec, axis=1)
     sparsity = jnp.mean(jnp.sum(jnp.abs(out.codes) * norms, axis=-1))
     l0 = jnp.mean(jnp.sum(out.codes != 0, axis=-1))
-    return mse + lam * sparsity, LossAux(mse, sparsity, l0, fvu)
+    return mse + lam * sparsity, LossAux(mse, sparsity, l0, fvu, _density(out))
 
 
 def mse_loss(x: Float[Array, "b d"], out: SAEOutput) -> tuple[Array, LossAux]:
     """mean ‖x − x̂‖² (TopK and BatchTopK: sparsity is enforced by the activation)."""
     mse, fvu = _reconstruction(x, out)
     l0 = jnp.mean(jnp.sum(out.codes != 0, axis=-1))
-    return mse, LossAux(mse, l0, l0, fvu)
+    return mse, LossAux(mse, l0, l0, fvu, _density(out))
 
 
 def jumprelu_loss(
@@ -60,7 +65,7 @@ def jumprelu_loss(
     mse, fvu = _reconstruction(x, out)
     l0_ste = jnp.mean(jnp.sum(heaviside_ste(out.pre_activations.astype(jnp.float32),
                                             threshold.astype(jnp.float32), bandwidth), axis=-1))
-    return mse + lam * l0_ste, LossAux(mse, l0_ste, l0_ste, fvu)
+    return mse + lam * l0_ste, LossAux(mse, l0_ste, l0_ste, fvu, _density(out))
 
 
 def sae_loss(model: SparseAutoencoder, x: Float[Array, "b d"], lam: float = 0.0

@@ -11,6 +11,12 @@ atom is removed before the optimiser sees it, and the atoms are renormalised aft
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -97,3 +103,148 @@ def make_train_step(
         return TrainState(params, opt_state, state.step + 1), metrics
 
     return step
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """Training-loop settings (all of them are recorded in, and checked against, checkpoints).
+
+    Attributes:
+      steps: total optimiser steps.
+      lam: sparsity coefficient.
+      learning_rate, warmup_steps, clip_norm: see :func:`optimizer`.
+      log_every: steps between metric records (metrics.jsonl) and progress-bar updates.
+      checkpoint_every: steps between checkpoints (and one at the end).
+      dead_window: a latent that has not fired on this many consecutive samples counts as dead.
+    """
+
+    steps: int
+    lam: float = 0.0
+    learning_rate: float = 1e-3
+    warmup_steps: int = 0
+    clip_norm: float = 1.0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    dead_window: int = 10_000
+
+    def __post_init__(self):
+        _checks.positive_int("steps", self.steps)
+        _checks.real_number("lam", self.lam, minimum=0.0)
+        _checks.real_number("learning_rate", self.learning_rate, minimum=0.0, strict_min=True)
+        _checks.positive_int("warmup_steps", self.warmup_steps, minimum=0)
+        _checks.real_number("clip_norm", self.clip_norm, minimum=0.0)
+        _checks.positive_int("log_every", self.log_every)
+        _checks.positive_int("checkpoint_every", self.checkpoint_every)
+        _checks.positive_int("dead_window", self.dead_window)
+
+
+class FitResult(NamedTuple):
+    params: dict[str, Array]
+    history: list[dict[str, float]]
+    resumed_from: int | None
+    seconds: float
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items() if jnp.ndim(v) == 0}
+
+
+def fit(
+    sae: models.SAEConfig,
+    batches: Callable[[int], Float[Array, "b d"]],
+    config: FitConfig,
+    out: str | pathlib.Path | None = None,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
+    """Trains an SAE; with ``out``, writes metrics.jsonl and checkpoints and resumes from them.
+
+    ``batches(step)`` must return the batch of that step (e.g. :func:`superjax.data.batch_at`):
+    the data position is the step, so a resumed run sees exactly the batches an uninterrupted run
+    would have seen, and finishes with exactly its parameters.
+
+    Raises:
+      FloatingPointError: the loss became NaN/Inf (the message names the step; no checkpoint is
+        written from a non-finite state).
+      superjax.checkpoint.CheckpointError: ``out`` holds a checkpoint of another configuration,
+        or an unreadable one.
+    """
+    from tqdm.auto import tqdm
+
+    from superjax import checkpoint
+
+    tx = optimizer(config.learning_rate, warmup_steps=config.warmup_steps,
+                   total_steps=config.steps, clip_norm=config.clip_norm or None)
+    graphdef, state = init_state(models.SparseAutoencoder(sae, rngs=nnx.Rngs(seed)), tx)
+    loop = {"train": state, "since_fired": jnp.zeros((sae.d_sae,), jnp.int32)}
+    record = {**dataclasses.asdict(sae), **dataclasses.asdict(config), "seed": seed}
+
+    ckpt, start, resumed = None, 0, None
+    if out is not None:
+        out = pathlib.Path(out)
+        ckpt = checkpoint.Checkpointer(out / "checkpoints")
+        if ckpt.latest_step() is not None:
+            start, loop = ckpt.restore(loop, record)
+            resumed = start
+    history = _load_history(out, start)
+
+    train_step = make_train_step(graphdef, tx)
+
+    @jax.jit
+    def step(loop, batch):
+        new_state, metrics = train_step(loop["train"], batch, config.lam)
+        since = jnp.where(metrics["density"] > 0, 0, loop["since_fired"] + batch.shape[0])
+        metrics["dead_fraction"] = jnp.mean(since >= config.dead_window)
+        return {"train": new_state, "since_fired": since}, metrics
+
+    began = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", desc="fit")
+    pending = None  # (step, loss) of the previous step, read after the next step is dispatched
+    for s in range(start, config.steps):
+        loop, metrics = step(loop, batches(s))
+        if pending is not None:
+            _check_finite(*pending)
+        pending = (s + 1, metrics["loss"])
+        done = s + 1
+        if done % config.log_every == 0 or done == config.steps:
+            row = {"step": done, **_scalars(metrics)}
+            _check_finite(done, row["loss"])
+            history.append(row)
+            _append_history(out, row)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}",
+                            fvu=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.2f}")
+        bar.update()
+        if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.steps):
+            _check_finite(done, metrics["loss"])
+            ckpt.save(done, loop, record)
+    bar.close()
+    if pending is not None:
+        _check_finite(*pending)
+    if ckpt is not None:
+        ckpt.close()
+    return FitResult(loop["train"].params, history, resumed, time.perf_counter() - began)
+
+
+def _check_finite(step: int, loss) -> None:
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"training diverged: the loss is {value} at step {step}; lower "
+                                 f"the learning rate or check the data for NaN/Inf")
+
+
+def _load_history(out: pathlib.Path | None, upto: int) -> list[dict[str, float]]:
+    """Metric records up to the resumed step (later ones belong to the lost part of the run)."""
+    if out is None or not (out / "metrics.jsonl").exists():
+        return []
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+    rows = [r for r in rows if r["step"] <= upto]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def _append_history(out: pathlib.Path | None, row: dict[str, float]) -> None:
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
