@@ -1,4 +1,4 @@
-"""The ``superjax`` command line: bounds, phase-transition, demo.
+"""The ``superjax`` command line: bounds, phase-transition, train-sae, demo.
 
 Bad input exits with status 2 and one line naming the argument and the allowed range.
 """
@@ -47,6 +47,26 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    s = sub.add_parser("train-sae", help="train an SAE on synthetic superposition data, score it")
+    s.add_argument("--m", type=int, required=True, help="neurons M")
+    s.add_argument("--n", type=int, required=True, help="true features N")
+    s.add_argument("--k", type=int, required=True, help="active features per sample K")
+    s.add_argument("--arch", default="relu",
+                   help="relu, topk, batchtopk or jumprelu (default relu)")
+    s.add_argument("--known-dictionary", action="store_true",
+                   help="freeze the decoder at the true dictionary (train the encoder only)")
+    s.add_argument("--latents", type=int, default=None, help="SAE width (default N)")
+    s.add_argument("--sae-k", type=int, default=None, help="k of TopK/BatchTopK (default K)")
+    s.add_argument("--samples", type=int, default=16384, help="training-set size")
+    s.add_argument("--steps", type=int, default=3000)
+    s.add_argument("--batch-size", type=int, default=1024)
+    s.add_argument("--lam", type=float, default=0.1, help="L1 / L0 coefficient")
+    s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    s.add_argument("--signed", action="store_true", help="signed codes (default non-negative)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
     d = sub.add_parser("demo", help="the main job: every study at small size, with a report")
     d.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/demo"))
     d.add_argument("--full", action="store_true", help="full-size studies (meant for a GPU)")
@@ -80,6 +100,27 @@ def _phase_transition(args) -> None:
           f"({result['seconds']:.1f} s)")
 
 
+def _train_sae(args) -> None:
+    from superjax import checkpoint, sae_study
+
+    config = sae_study.TrainSAEConfig(
+        m=args.m, n=args.n, k=args.k, arch=args.arch, latents=args.latents, sae_k=args.sae_k,
+        known_dictionary=args.known_dictionary, samples=args.samples, steps=args.steps,
+        batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
+        seed=args.seed)
+    _writable(args.out)
+    try:
+        rep = sae_study.run(config, args.out, progress=not args.quiet)
+    except checkpoint.CheckpointError as err:
+        raise ValueError(str(err)) from None
+    except FloatingPointError as err:
+        raise ValueError(str(err)) from None
+    keys = ("latent_mcc", "latent_mcc_chance", "dict_recovery_rate", "dict_mean_cos",
+            "random_dict_mean_cos", "fvu", "l0", "dead_fraction")
+    print("  ".join(f"{k}={rep[k]:.4f}" for k in keys))
+    print(f"wrote {args.out / 'report.json'}")
+
+
 def _demo(args) -> None:
     from superjax import demo
 
@@ -98,7 +139,8 @@ def _writable(out: pathlib.Path) -> None:
         raise ValueError(f"--out: cannot create directory {out}: {err.strerror}") from None
 
 
-COMMANDS = {"bounds": _bounds, "phase-transition": _phase_transition, "demo": _demo}
+COMMANDS = {"bounds": _bounds, "phase-transition": _phase_transition, "train-sae": _train_sae,
+            "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,7 @@ def init_stack(config: models.SAEConfig, tx: optax.GradientTransformation, seeds
 
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, axis_name: str | None = None,
+    train_decoder: bool = True,
 ):
     """Returns the pure train step ``step(state, batch, lam) -> (state, metrics)``.
 
@@ -82,6 +83,8 @@ def make_train_step(
       graphdef: from :func:`init_state`.
       tx: the optax transformation used to build the state.
       axis_name: mesh axis to average gradients and metrics over, or None (see module docstring).
+      train_decoder: False freezes W_dec (e.g. at the true dictionary, to measure the encoder
+        alone); its gradient is zeroed, so Adam leaves it exactly unchanged.
     """
 
     def loss_fn(params, batch, lam):
@@ -93,12 +96,15 @@ def make_train_step(
         if axis_name is not None:
             grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis_name)
         w_dec = state.params["W_dec"]
-        grads = {**grads, "W_dec": models.remove_parallel_gradient(w_dec, grads["W_dec"])}
+        dec_grad = (models.remove_parallel_gradient(w_dec, grads["W_dec"]) if train_decoder
+                    else jnp.zeros_like(w_dec))
+        grads = {**grads, "W_dec": dec_grad}
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        new_dec = params["W_dec"]
-        params = {**params, "W_dec": new_dec / jnp.maximum(
-            jnp.linalg.norm(new_dec, axis=1, keepdims=True), 1e-12)}
+        if train_decoder:
+            new_dec = params["W_dec"]
+            params = {**params, "W_dec": new_dec / jnp.maximum(
+                jnp.linalg.norm(new_dec, axis=1, keepdims=True), 1e-12)}
         metrics = {"loss": loss, **aux._asdict(), "grad_norm": optax.tree.norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
@@ -116,6 +122,7 @@ class FitConfig:
       log_every: steps between metric records (metrics.jsonl) and progress-bar updates.
       checkpoint_every: steps between checkpoints (and one at the end).
       dead_window: a latent that has not fired on this many consecutive samples counts as dead.
+      train_decoder: False keeps W_dec at its initial value (see ``init_decoder`` of :func:`fit`).
     """
 
     steps: int
@@ -126,6 +133,7 @@ class FitConfig:
     log_every: int = 50
     checkpoint_every: int = 500
     dead_window: int = 10_000
+    train_decoder: bool = True
 
     def __post_init__(self):
         _checks.positive_int("steps", self.steps)
@@ -156,13 +164,16 @@ def fit(
     out: str | pathlib.Path | None = None,
     *,
     seed: int = 0,
+    init_decoder: Float[Array, "d_sae d_in"] | None = None,
     progress: bool = True,
 ) -> FitResult:
     """Trains an SAE; with ``out``, writes metrics.jsonl and checkpoints and resumes from them.
 
     ``batches(step)`` must return the batch of that step (e.g. :func:`superjax.data.batch_at`):
     the data position is the step, so a resumed run sees exactly the batches an uninterrupted run
-    would have seen, and finishes with exactly its parameters.
+    would have seen, and finishes with exactly its parameters. ``init_decoder`` (unit rows) sets
+    W_dec and the encoder to its transpose, e.g. the true dictionary with
+    ``config.train_decoder=False``.
 
     Raises:
       FloatingPointError: the loss became NaN/Inf (the message names the step; no checkpoint is
@@ -176,7 +187,15 @@ def fit(
 
     tx = optimizer(config.learning_rate, warmup_steps=config.warmup_steps,
                    total_steps=config.steps, clip_norm=config.clip_norm or None)
-    graphdef, state = init_state(models.SparseAutoencoder(sae, rngs=nnx.Rngs(seed)), tx)
+    model = models.SparseAutoencoder(sae, rngs=nnx.Rngs(seed))
+    if init_decoder is not None:
+        init_decoder = _checks.float_array("init_decoder", init_decoder, ndims=(2,))
+        if init_decoder.shape != (sae.d_sae, sae.d_in):
+            raise ValueError(f"init_decoder must have shape (d_sae, d_in) = "
+                             f"{(sae.d_sae, sae.d_in)}, got {init_decoder.shape}")
+        model.W_dec[...] = init_decoder
+        model.W_enc[...] = init_decoder.T
+    graphdef, state = init_state(model, tx)
     loop = {"train": state, "since_fired": jnp.zeros((sae.d_sae,), jnp.int32)}
     record = {**dataclasses.asdict(sae), **dataclasses.asdict(config), "seed": seed}
 
@@ -189,7 +208,7 @@ def fit(
             resumed = start
     history = _load_history(out, start)
 
-    train_step = make_train_step(graphdef, tx)
+    train_step = make_train_step(graphdef, tx, train_decoder=config.train_decoder)
 
     @jax.jit
     def step(loop, batch):

@@ -75,3 +75,39 @@ def test_phase_transition_writes_results(tmp_path, capsys):
     assert len(row["success_rate"]) == len(row["rho"]) <= 4
     assert (out / "phase_transition.png").stat().st_size > 10_000
     assert "rho_weak=" in capsys.readouterr().out
+
+
+def test_train_sae_writes_config_metrics_checkpoints_and_report(tmp_path, capsys):
+    out = tmp_path / "sae"
+    argv = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--steps",
+            "200", "--samples", "2048", "--batch-size", "256", "--quiet", "--out", str(out)]
+    assert cli.main(argv) == 0
+    rep = json.loads((out / "report.json").read_text())
+    for key in ("latent_mcc", "dict_recovery_rate", "dict_mean_cos", "random_dict_mean_cos",
+                "fvu", "l0", "dead_fraction"):
+        assert key in rep
+    assert rep["l0"] <= 3.0 + 1e-6  # TopK with k = K
+    assert rep["latent_mcc"] > 3 * rep["latent_mcc_chance"]
+    assert (out / "config.json").exists() and (out / "metrics.jsonl").exists()
+    assert any((out / "checkpoints").iterdir())
+    assert "latent_mcc=" in capsys.readouterr().out
+    # Same command again: resumes from the final checkpoint instead of retraining.
+    assert cli.main(argv) == 0
+    assert json.loads((out / "report.json").read_text())["resumed_from"] == 200
+    # Another configuration in the same directory: refused with a clear message.
+    assert cli.main([a if a != "topk" else "relu" for a in argv]) == 2
+    assert "another configuration" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "gelu", "--out", "x"],
+     "arch must be one of"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "17", "--out", "x"], "k must be <= n"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--sae-k", "40",
+      "--out", "x"], "sae_k must be"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--known-dictionary", "--latents", "32",
+      "--out", "x"], "needs latents = n"),
+])
+def test_train_sae_bad_input(argv, match, capsys):
+    assert cli.main(argv) == 2
+    assert match in capsys.readouterr().err

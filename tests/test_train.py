@@ -84,3 +84,13 @@ def test_vmapped_sweep_equals_separate_runs():
             state, _ = jax.jit(step)(state, data.batch_at(key, s, a, cfg, 128).y, lams[i])
         chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], stack.params),
                                     state.params, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_decoder_stays_exactly_fixed():
+    cfg, a, tx, graphdef, state = _setup()
+    step = jax.jit(train.make_train_step(graphdef, tx, train_decoder=False))
+    w0 = state.params["W_dec"]
+    for s in range(5):
+        state, _ = step(state, data.batch_at(jax.random.key(5), s, a, cfg, 64).y, 1e-3)
+    chex.assert_trees_all_equal(state.params["W_dec"], w0)
+    assert not bool(jnp.allclose(state.params["W_enc"], w0.T))  # the encoder did train
