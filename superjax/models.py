@@ -29,6 +29,7 @@ from jaxtyping import Array, Float
 from superjax import _checks
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
+ENCODERS = ("linear", "mlp", "lista")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,11 @@ class SAEConfig:
       k: active latents per sample for ``topk`` / ``batchtopk`` (average for the latter).
       jumprelu_init_threshold: initial θ for ``jumprelu``.
       jumprelu_bandwidth: width ε of the rectangle kernel in the straight-through estimator.
+      encoder: "linear" (one layer), "mlp" (one hidden ReLU layer of width ``hidden``) or
+        "lista" (``lista_steps`` unrolled ISTA steps through the decoder, learned per-step
+        matrices and biases; Gregor & LeCun 2010).
+      hidden: MLP hidden width (default 4·d_in).
+      lista_steps: number of unrolled steps T for "lista".
     """
 
     d_in: int
@@ -50,6 +56,9 @@ class SAEConfig:
     k: int = 0
     jumprelu_init_threshold: float = 1e-3
     jumprelu_bandwidth: float = 1e-3
+    encoder: str = "linear"
+    hidden: int = 0
+    lista_steps: int = 3
 
     def __post_init__(self):
         _checks.positive_int("d_in", self.d_in)
@@ -60,6 +69,22 @@ class SAEConfig:
         _checks.real_number("jumprelu_init_threshold", self.jumprelu_init_threshold, minimum=0.0)
         _checks.real_number("jumprelu_bandwidth", self.jumprelu_bandwidth, minimum=0.0,
                             strict_min=True)
+        _checks.one_of("encoder", self.encoder, ENCODERS)
+        _checks.positive_int("hidden", self.hidden, minimum=0)
+        _checks.positive_int("lista_steps", self.lista_steps)
+
+    @property
+    def hidden_width(self) -> int:
+        return self.hidden or 4 * self.d_in
+
+    def encoder_flops(self) -> int:
+        """Multiply-adds ×2 of one forward pass of the encoder (per sample)."""
+        d, n = self.d_in, self.d_sae
+        if self.encoder == "mlp":
+            return 2 * d * self.hidden_width + 2 * self.hidden_width * n
+        if self.encoder == "lista":
+            return 2 * d * n + self.lista_steps * 4 * d * n
+        return 2 * d * n
 
 
 class SAEOutput(NamedTuple):
@@ -109,10 +134,23 @@ class SparseAutoencoder(nnx.Module):
         w_dec = jax.random.normal(rngs.params(), (config.d_sae, config.d_in))
         w_dec = w_dec / jnp.linalg.norm(w_dec, axis=1, keepdims=True)
         self.W_dec = nnx.Param(w_dec)
-        # Encoder starts as the decoder transpose (Conerly et al. 2024; Gao et al. 2024).
-        self.W_enc = nnx.Param(w_dec.T)
+        if config.encoder != "mlp":
+            # Encoder starts as the decoder transpose (Conerly et al. 2024; Gao et al. 2024).
+            self.W_enc = nnx.Param(w_dec.T)
         self.b_enc = nnx.Param(jnp.zeros((config.d_sae,)))
         self.b_dec = nnx.Param(jnp.zeros((config.d_in,)))
+        if config.encoder == "mlp":
+            h = config.hidden_width
+            k1, k2 = jax.random.split(rngs.params())
+            self.W_hidden = nnx.Param(
+                jax.random.normal(k1, (config.d_in, h)) / jnp.sqrt(config.d_in))
+            self.b_hidden = nnx.Param(jnp.zeros((h,)))
+            self.W_out = nnx.Param(jax.random.normal(k2, (h, config.d_sae)) / jnp.sqrt(h))
+        if config.encoder == "lista":
+            # Step t: z ← σ(z + (x̃ − z W_dec) S_t + c_t); S_t starts as ½·W_decᵀ (an ISTA step).
+            self.S = nnx.Param(
+                jnp.broadcast_to(0.5 * w_dec.T, (config.lista_steps,) + w_dec.T.shape))
+            self.c = nnx.Param(jnp.zeros((config.lista_steps, config.d_sae)))
         if config.activation == "jumprelu":
             self.threshold = nnx.Param(
                 jnp.full((config.d_sae,), config.jumprelu_init_threshold, jnp.float32))
@@ -123,7 +161,18 @@ class SparseAutoencoder(nnx.Module):
         return self.W_dec[...].T
 
     def encode_pre(self, x: Float[Array, "b d_in"]) -> Float[Array, "b d_sae"]:
-        return (x - self.b_dec[...]) @ self.W_enc[...] + self.b_enc[...]
+        """Pre-activations; for LISTA the last unrolled step's (see SAEConfig.encoder)."""
+        centred = x - self.b_dec[...]
+        if self.config.encoder == "mlp":
+            h = jax.nn.relu(centred @ self.W_hidden[...] + self.b_hidden[...])
+            return h @ self.W_out[...] + self.b_enc[...]
+        pre = centred @ self.W_enc[...] + self.b_enc[...]
+        if self.config.encoder == "lista":
+            w_dec = self.W_dec[...]
+            for t in range(self.config.lista_steps):
+                z = self.activate(pre)
+                pre = z + (centred - z @ w_dec) @ self.S[t] + self.c[t]
+        return pre
 
     def activate(self, pre: Float[Array, "b d_sae"]) -> Float[Array, "b d_sae"]:
         cfg = self.config
@@ -147,6 +196,27 @@ class SparseAutoencoder(nnx.Module):
         pre = self.encode_pre(x)
         codes = self.activate(pre)
         return SAEOutput(self.decode(codes), codes, pre)
+
+
+def init_decoder_bias(model: SparseAutoencoder, x: Float[Array, "s d_in"],
+                      method: str = "geometric_median", iters: int = 100) -> None:
+    """Sets b_dec from data: the mean, or the geometric median (Weiszfeld's algorithm).
+
+    The geometric median minimises Σ‖x_i − b‖ and is robust to the heavy tails of real
+    activations (Bricken et al. 2023).
+    """
+    _checks.one_of("method", method, ("mean", "geometric_median"))
+    x = _checks.float_array("x", x, ndims=(2,))
+    if x.shape[1] != model.config.d_in:
+        raise ValueError(f"x must have {model.config.d_in} columns, got {x.shape[1]}")
+    b = x.mean(0)
+    if method == "geometric_median":
+        def body(_, b):
+            w = 1.0 / jnp.maximum(jnp.linalg.norm(x - b, axis=1), 1e-8)
+            return (w[:, None] * x).sum(0) / w.sum()
+
+        b = jax.lax.fori_loop(0, iters, body, b)
+    model.b_dec[...] = b
 
 
 def normalize_decoder(model: SparseAutoencoder) -> None:

@@ -18,7 +18,7 @@ from flax import nnx
 
 from superjax import _checks, data, metrics, models, report, train
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mlp", "lista")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +27,8 @@ class TrainSAEConfig:
 
     Attributes:
       m, n, k: neurons M, true features N, active features K.
-      arch: SAE activation, one of ``ARCHS``.
+      arch: one of ``ARCHS``: an activation of the one-layer encoder (relu, topk, batchtopk,
+        jumprelu) or a deeper encoder with ReLU latents (mlp, lista).
       latents: SAE width (default N).
       sae_k: k of TopK / BatchTopK (default K).
       known_dictionary: fix the decoder at the true dictionary and train the encoder only.
@@ -75,8 +76,12 @@ class TrainSAEConfig:
     def sae(self) -> models.SAEConfig:
         width = self.latents if self.latents is not None else self.n
         k = self.sae_k if self.sae_k is not None else min(self.k, width)
-        return models.SAEConfig(d_in=self.m, d_sae=width, activation=self.arch,
-                                k=k if self.arch in ("topk", "batchtopk") else 0)
+        # "mlp" and "lista" are encoders; their latents are ReLU codes trained with L1.
+        encoder = self.arch if self.arch in ("mlp", "lista") else "linear"
+        activation = "relu" if encoder != "linear" else self.arch
+        return models.SAEConfig(d_in=self.m, d_sae=width, activation=activation,
+                                k=k if activation in ("topk", "batchtopk") else 0,
+                                encoder=encoder)
 
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True

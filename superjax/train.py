@@ -194,7 +194,8 @@ def fit(
             raise ValueError(f"init_decoder must have shape (d_sae, d_in) = "
                              f"{(sae.d_sae, sae.d_in)}, got {init_decoder.shape}")
         model.W_dec[...] = init_decoder
-        model.W_enc[...] = init_decoder.T
+        if hasattr(model, "W_enc"):
+            model.W_enc[...] = init_decoder.T
     graphdef, state = init_state(model, tx)
     loop = {"train": state, "since_fired": jnp.zeros((sae.d_sae,), jnp.int32)}
     record = {**dataclasses.asdict(sae), **dataclasses.asdict(config), "seed": seed}

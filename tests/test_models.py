@@ -148,3 +148,40 @@ def test_config_validation(kwargs, err, match):
 def test_wrong_input_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"shape \(batch, 8\)"):
         _model()(jnp.ones((4, 7)))
+
+
+def test_lista_encoder_is_unrolled_ista_through_the_decoder():
+    cfg = models.SAEConfig(d_in=8, d_sae=16, encoder="lista", lista_steps=2)
+    m = models.SparseAutoencoder(cfg, rngs=nnx.Rngs(0))
+    x = _x()
+    w_dec, w_enc, s = m.W_dec[...], m.W_enc[...], m.S[...]
+    z = jax.nn.relu(x @ w_enc)  # biases start at zero
+    for t in range(2):
+        z_pre = z + (x - z @ w_dec) @ s[t]
+        z = jax.nn.relu(z_pre)
+    chex.assert_trees_all_close(m(x).codes, z, atol=1e-6)
+    chex.assert_trees_all_close(s[0], 0.5 * w_dec.T)
+    assert cfg.encoder_flops() == 2 * 8 * 16 + 2 * 4 * 8 * 16
+
+
+def test_mlp_encoder_shapes_and_no_linear_encoder():
+    cfg = models.SAEConfig(d_in=8, d_sae=16, encoder="mlp", hidden=24)
+    m = models.SparseAutoencoder(cfg, rngs=nnx.Rngs(0))
+    out = m(_x())
+    chex.assert_shape(out.codes, (32, 16))
+    assert not hasattr(m, "W_enc") and m.W_hidden[...].shape == (8, 24)
+    assert cfg.encoder_flops() == 2 * 8 * 24 + 2 * 24 * 16
+
+
+def test_decoder_bias_from_geometric_median_resists_outliers():
+    x = jax.random.normal(jax.random.key(5), (400, 8)) + 2.0
+    outliers = x.at[:20].set(1000.0)
+    m = _model()
+    models.init_decoder_bias(m, outliers, "geometric_median")
+    assert float(jnp.max(jnp.abs(m.b_dec[...] - 2.0))) < 0.3
+    models.init_decoder_bias(m, outliers, "mean")
+    assert float(jnp.min(m.b_dec[...])) > 40.0  # the mean is dragged away
+    with pytest.raises(ValueError, match="method must be one of"):
+        models.init_decoder_bias(m, x, "median")
+    with pytest.raises(ValueError, match="8 columns"):
+        models.init_decoder_bias(m, x[:, :5])
