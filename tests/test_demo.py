@@ -19,3 +19,6 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
         assert abs(r["rho50"] - r["rho_weak"]) < 0.06
         assert f"{r['rho_weak']:.3f}" in text
     assert any(b["recoverable"] is False for b in results["bounds"])
+    gap = results["amortisation_gap"]["true_dictionary"]
+    assert "## 3. Sparse autoencoders and the amortisation gap" in text
+    assert f"{gap['lista']['latent_mcc']:.3f}" in text
