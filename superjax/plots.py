@@ -50,7 +50,7 @@ def phase_transition(results: list[dict[str, Any]], path: str | pathlib.Path) ->
         ax_map.legend(loc="upper left", fontsize=8)
         sm = _pyplot().cm.ScalarMappable(cmap="viridis")
         fig.colorbar(sm, ax=ax_map, label="success rate")
-        colors = _pyplot().cm.tab10(np.arange(len(res["rows"])))
+        colors = _pyplot().cm.plasma(np.linspace(0.0, 0.9, len(res["rows"])))
         for color, row in zip(colors, res["rows"], strict=True):
             rhos = np.asarray(row["rho"])
             ax_curve.plot(rhos, row["success_rate"], "o", color=color,
