@@ -116,10 +116,18 @@ def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool):
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True
         ) -> dict[str, Any]:
-    """Trains (or resumes) the SAE, evaluates it on held-out data, writes DIR/report.json."""
+    """Trains (or resumes) the SAE, evaluates it on held-out data, writes DIR/report.json.
+
+    One-layer ReLU, TopK and JumpReLU SAEs are also written as a SAELens folder, DIR/saelens/.
+    """
     out = pathlib.Path(out)
     start = time.perf_counter()
     model, truth, test, k_eval, result = _train(config, out, progress)
+    if model.config.encoder == "linear" and config.arch != "batchtopk":
+        from superjax import export
+
+        export.export_saelens(model, out / "saelens", source="superjax train-sae",
+                              **dataclasses.asdict(config))
     rep = {"config": dataclasses.asdict(config), **evaluate(model, truth, test, k_eval),
            "final_train_loss": result.history[-1]["loss"] if result.history else None,
            "resumed_from": result.resumed_from, "seconds": time.perf_counter() - start,

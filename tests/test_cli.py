@@ -90,6 +90,7 @@ def test_train_sae_writes_config_metrics_checkpoints_and_report(tmp_path, capsys
     assert rep["latent_mcc"] > 3 * rep["latent_mcc_chance"]
     assert (out / "config.json").exists() and (out / "metrics.jsonl").exists()
     assert any((out / "checkpoints").iterdir())
+    assert (out / "saelens" / "sae_weights.safetensors").exists()
     assert "latent_mcc=" in capsys.readouterr().out
     # Same command again: resumes from the final checkpoint instead of retraining.
     assert cli.main(argv) == 0
