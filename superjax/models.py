@@ -9,7 +9,8 @@ norm. Activations σ:
 
 * ``relu``: ReLU, trained with an L1 penalty weighted by the decoder row norms.
 * ``topk``: keep the k largest pre-activations per sample (ReLU'd) (Gao et al. 2024).
-* ``batchtopk``: keep the k·B largest over the whole batch (Bussmann et al. 2024).
+* ``batchtopk``: keep the k·B largest over the whole batch (Bussmann et al. 2024). Under data
+  parallelism (shard_map) the batch is the per-device shard, so the selection is per shard.
 * ``jumprelu``: z = pre · H(pre − θ) with a learned per-latent threshold θ, held in float32, and a
   straight-through (rectangle-kernel) gradient for θ (Rajamanoharan et al. 2024).
 
