@@ -112,7 +112,7 @@ def _phase_transition(args) -> None:
 
 
 def _train_sae(args) -> None:
-    from superjax import checkpoint, sae_study
+    from superjax import sae_study
 
     config = sae_study.TrainSAEConfig(
         m=args.m, n=args.n, k=args.k, arch=args.arch, latents=args.latents, sae_k=args.sae_k,
@@ -120,10 +120,7 @@ def _train_sae(args) -> None:
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
         seed=args.seed)
     _writable(args.out)
-    try:
-        rep = sae_study.run(config, args.out, progress=not args.quiet)
-    except (checkpoint.CheckpointError, FloatingPointError) as err:
-        raise ValueError(str(err)) from None
+    rep = sae_study.run(config, args.out, progress=not args.quiet)
     keys = ("latent_mcc", "latent_mcc_chance", "dict_recovery_rate", "dict_mean_cos",
             "random_dict_mean_cos", "fvu", "l0", "dead_fraction")
     print("  ".join(f"{k}={rep[k]:.4f}" for k in keys))
@@ -131,17 +128,13 @@ def _train_sae(args) -> None:
 
 
 def _amortisation_gap(args) -> None:
-    from superjax import checkpoint, sae_study
+    from superjax import sae_study
 
     sae_study.TrainSAEConfig(m=args.m, n=args.n, k=args.k, steps=args.steps, lam=args.lam,
                              seed=args.seed)  # validates the arguments before any work
     _writable(args.out)
-    try:
-        rep = sae_study.amortisation_gap(args.m, args.n, args.k, args.out, seed=args.seed,
-                                         steps=args.steps, lam=args.lam,
-                                         progress=not args.quiet)
-    except (checkpoint.CheckpointError, FloatingPointError) as err:
-        raise ValueError(str(err)) from None
+    rep = sae_study.amortisation_gap(args.m, args.n, args.k, args.out, seed=args.seed,
+                                     steps=args.steps, lam=args.lam, progress=not args.quiet)
     for setting in ("true_dictionary", "learned_dictionary"):
         for arch, row in rep[setting].items():
             print(f"{setting:18s} {arch:6s} latent_mcc={row['latent_mcc']:.3f} "
@@ -178,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command](args)
-    except ValueError as err:
+    except (ValueError, FloatingPointError) as err:
+        # ValueError covers bad input and unusable checkpoints (CheckpointError); a diverged
+        # training run is a FloatingPointError naming the step.
         print(f"superjax {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

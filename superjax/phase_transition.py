@@ -89,7 +89,7 @@ def fit_logistic(rhos, successes, trials) -> dict[str, float]:
     """
     rhos, s, t = (np.asarray(v, dtype=np.float64) for v in (rhos, successes, trials))
     rate = s / t
-    if not (rate.max() > 0.5 > rate.min()) and not (rate.max() >= 0.5 >= rate.min()):
+    if not rate.max() >= 0.5 >= rate.min():
         return {"rho50": math.nan, "width": math.nan, "rho50_se": math.nan}
 
     def nll(theta):

@@ -35,10 +35,9 @@ def phase_transition(results: list[dict[str, Any]], path: str | pathlib.Path) ->
             width = 0.6 * min(0.08, 0.5 / max(1, len(res["rows"])))
             rhos = np.asarray(row["rho"])
             heights = np.gradient(rhos) if len(rhos) > 1 else np.array([0.02])
-            sc = ax_map.bar(np.full_like(rhos, row["delta"]), heights, width=width,
-                            bottom=rhos - heights / 2, color=_pyplot().cm.viridis(
-                                np.asarray(row["success_rate"])), edgecolor="none")
-            del sc
+            ax_map.bar(np.full_like(rhos, row["delta"]), heights, width=width,
+                       bottom=rhos - heights / 2,
+                       color=plt.cm.viridis(np.asarray(row["success_rate"])), edgecolor="none")
             if row["rho50"] is not None and np.isfinite(row["rho50"] or np.nan):
                 ax_map.errorbar(row["delta"], row["rho50"], yerr=row.get("rho50_se") or 0,
                                 fmt="o", color="red", ms=4, capsize=3)
@@ -48,9 +47,9 @@ def phase_transition(results: list[dict[str, Any]], path: str | pathlib.Path) ->
                    title=f"L1 recovery, {kind} codes, N = {res['config']['n']}, "
                          f"{res['config']['trials']} trials/cell")
         ax_map.legend(loc="upper left", fontsize=8)
-        sm = _pyplot().cm.ScalarMappable(cmap="viridis")
+        sm = plt.cm.ScalarMappable(cmap="viridis")
         fig.colorbar(sm, ax=ax_map, label="success rate")
-        colors = _pyplot().cm.plasma(np.linspace(0.0, 0.9, len(res["rows"])))
+        colors = plt.cm.plasma(np.linspace(0.0, 0.9, len(res["rows"])))
         for color, row in zip(colors, res["rows"], strict=True):
             rhos = np.asarray(row["rho"])
             ax_curve.plot(rhos, row["success_rate"], "o", color=color,

@@ -457,15 +457,19 @@ def _power_norm(g: Float[Array, "s s"], iters: int = 30) -> Float[Array, ""]:
 # Support-based methods: OMP and least-squares debiasing
 
 
-def _support_least_squares(dictionary, y, idx, valid):
-    """Least squares of y on the atoms idx[valid]; invalid slots get coefficient 0.
+def _padded_solve(gram, rhs, valid, cholesky: bool = False):
+    """Solves the normal equations G[S, S] c = rhs[S] on the slots S = valid, shape-static.
 
-    Padded normal equations keep the shape static: invalid slots get an identity block.
+    Invalid slots get an identity block and a zero right-hand side, so their coefficient is 0.
+    ``cholesky`` is faster for small, well-conditioned supports (OMP); LU is the safe default for
+    supports that may be near-singular (debiasing up to M atoms).
     """
-    atoms = dictionary[:, idx] * valid
-    gram = atoms.T @ atoms + jnp.diag(jnp.where(valid, 0.0, 1.0))
-    coef = jnp.linalg.solve(gram, atoms.T @ y) * valid
-    return coef, y - atoms @ coef
+    both = valid[:, None] & valid[None, :]
+    gram = jnp.where(both, gram, jnp.eye(gram.shape[0], dtype=gram.dtype))
+    rhs = jnp.where(valid, rhs, 0.0)
+    if cholesky:
+        return jax.scipy.linalg.solve(gram, rhs, assume_a="pos") * valid
+    return jnp.linalg.solve(gram, rhs) * valid
 
 
 def omp(
@@ -497,10 +501,8 @@ def omp(
             # (padded slots get an identity block), so no M×K column gather per sample.
             valid = jnp.arange(k) < count
             idx = jnp.maximum(support, 0)
-            g = jnp.where(valid[:, None] & valid[None, :], gram[idx[:, None], idx[None, :]],
-                          jnp.eye(k, dtype=yi.dtype))
-            coef = jax.scipy.linalg.solve(g, jnp.where(valid, corr_y[idx], 0.0),
-                                          assume_a="pos") * valid
+            coef = _padded_solve(gram[idx[:, None], idx[None, :]], corr_y[idx], valid,
+                                 cholesky=True)
             codes = jnp.zeros((n,), yi.dtype).at[idx].add(coef)
             return codes, yi - dictionary @ codes
 
@@ -541,7 +543,8 @@ def debias(
 
     def single(yi, zi):
         mag, idx = jax.lax.top_k(jnp.abs(zi), size)
-        coef, _ = _support_least_squares(dictionary, yi, idx, mag > threshold)
+        atoms = dictionary[:, idx]
+        coef = _padded_solve(atoms.T @ atoms, atoms.T @ yi, mag > threshold)
         return jnp.zeros_like(zi).at[idx].add(coef)
 
     return _batched(single, y, codes)
