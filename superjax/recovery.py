@@ -1,0 +1,447 @@
+"""Query-access recovery of the directions of f(x) = Σ_i a_i σ_i(v_iᵀx), and of f itself.
+
+Every method takes an :class:`~superjax.oracle.Oracle`, a key and a query budget, and returns one
+:class:`RecoveryResult`. All share the finishing stage (:func:`finish`): a ridge-function model
+(:mod:`superjax.ridge`) is fitted on fresh queries along the candidate directions, optionally
+refined jointly with them, and directions whose fitted response carries no variance are dropped.
+
+* ``fourier`` — the Gaussian-windowed Fourier search (query-recovery.md §2–§4). One query set
+  x ~ N(0, s²I) serves every frequency. The gradient field Ĝ(ω) = E[x f e^{−iωx}]/s² + iω F̂(ω)
+  (Stein) is, inside the tube of one feature, c·v_i, so v_i is the top left singular vector of
+  [Re Ĝ, Im Ĝ]. The search runs that readout as a fixed-point map u ← readout(Ĝ(τu)) from a batch
+  of random starts (the window factor exp(−s²τ²(1 − ⟨u, v⟩²)/2) makes it a tensor power method of
+  growing order) and, because every start falls into the basin of a dominant feature, peels: it
+  fits the found ridge terms and a quadratic (the high-pass that removes the low-frequency and
+  degenerate mass), and searches the residual again, until a round finds nothing new.
+* ``hessian`` — span of finite-difference Hessians ∇²f = Σ a_i σ_i'' v_i v_iᵀ at random points,
+  each on its own random rotation of the stencil, then the subspace power method (Kileel & Pereira,
+  arXiv 1912.04007) for the rank-one elements of the span (Fornasier et al. 2012).
+* ``hermite`` — E[f(x) He_4(x)] = Σ a_i c_4(σ_i) v_i^{⊗4}, unfolded d²×d², its column span, and
+  the same subspace power method (n up to ≈ d²/2); or order 3 with Jennrich's simultaneous
+  diagonalisation (n ≤ d).
+* ``student`` — a two-layer ReLU network of width ≥ 4n fitted to the queries; its unit directions
+  are clustered up to sign.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float
+
+from superjax import _checks, ridge
+from superjax.metrics import matched_scores
+from superjax.oracle import Oracle, QueryBudgetExceeded, Target, evaluate
+
+METHODS = ("fourier", "hessian", "hermite", "student")
+
+
+class RecoveryResult(NamedTuple):
+    """Found directions (unit rows), the fitted model of f, queries used, and diagnostics."""
+
+    directions: Float[Array, "m d"]
+    model: ridge.RidgeModel
+    queries: int
+    seconds: float
+    diagnostics: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoveryConfig:
+    """Options shared by the methods; each method reads the ones it needs.
+
+    Attributes:
+      budget: total queries (method stage + reconstruction).
+      fit_queries: queries kept for the final least-squares fit (half of them at scale 2 so that
+        the fitted responses cover twice the query scale).
+      refine: refine directions jointly with the responses in the final fit.
+      scale: query scale s (queries x ~ N(0, s²I)).
+      starts: random starts per Fourier round; rounds: maximum peeling rounds.
+      taus: annealed radii of the Fourier fixed-point iteration (in units of 1/s).
+      h: finite-difference step of the Hessian method.
+      max_features: cap on the number of directions kept (None: unbounded).
+    """
+
+    budget: int = 1_000_000
+    fit_queries: int = 40_000
+    refine: bool = True
+    scale: float = 1.0
+    starts: int = 128
+    rounds: int = 12
+    taus: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5)
+    h: float = 0.5
+    max_features: int | None = None
+    hermite_order: int = 4
+    width_factor: int = 4
+
+    def __post_init__(self):
+        _checks.positive_int("budget", self.budget)
+        _checks.positive_int("fit_queries", self.fit_queries, minimum=1000)
+        if self.fit_queries >= self.budget:
+            raise ValueError(f"budget ({self.budget}) must exceed fit_queries "
+                             f"({self.fit_queries}): the search needs queries of its own")
+        _checks.real_number("scale", self.scale, minimum=0.0, strict_min=True)
+        _checks.real_number("h", self.h, minimum=0.0, strict_min=True)
+        _checks.positive_int("starts", self.starts)
+        _checks.positive_int("rounds", self.rounds)
+        _checks.one_of("hermite_order", str(self.hermite_order), ("3", "4"))
+
+
+# ----------------------------------------------------------------------------- Fourier estimators
+
+@jax.jit
+def fourier_transforms(x: Float[Array, "q d"], y: Float[Array, " q"], omega: Float[Array, "b d"],
+                       scale: float) -> tuple[Array, Array]:
+    """F̂(ω) and the Stein gradient field Ĝ(ω) = E[x y e^{−iωx}]/s² + iω F̂(ω), complex64.
+
+    Batched over frequencies, chunked over queries (4096 per chunk) to bound memory.
+    """
+    q, d = x.shape
+    chunk = min(q, 4096)
+    pad = (-q) % chunk
+    xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(-1, chunk, d)
+    ys = jnp.pad(y, (0, pad)).reshape(-1, chunk)
+
+    def body(acc, xy):
+        xc, yc = xy
+        e = jnp.exp(-1j * (xc @ omega.T).astype(jnp.complex64))   # (chunk, b)
+        f = yc.astype(jnp.complex64) @ e
+        g = ((xc * yc[:, None]).T.astype(jnp.complex64) @ e).T     # (b, d)
+        return (acc[0] + f, acc[1] + g), None
+
+    zero = (jnp.zeros(omega.shape[0], jnp.complex64), jnp.zeros(omega.shape, jnp.complex64))
+    (f, g), _ = jax.lax.scan(body, zero, (xs, ys))
+    f, g = f / q, g / (q * scale**2)
+    return f, g + 1j * omega * f[:, None]
+
+
+def readout(g: Array, reference: Float[Array, "b d"]) -> Float[Array, "b d"]:
+    """Top left singular vector of [Re Ĝ, Im Ĝ] per frequency, signed to agree with reference."""
+    u, _, _ = jnp.linalg.svd(jnp.stack([g.real, g.imag], axis=-1), full_matrices=False)
+    v = u[..., 0]
+    return v * jnp.where(jnp.sum(v * reference, axis=-1, keepdims=True) < 0, -1.0, 1.0)
+
+
+@jax.jit
+def fixed_point(x, y, starts: Float[Array, "b d"], taus: Float[Array, " t"], scale: float):
+    """u ← readout(Ĝ(τ u / s)) over the τ schedule; returns the end points, their Fourier mass
+    |F̂|² + ‖Ĝ‖² at the last τ, and the last step's |cos| (1 at a fixed point)."""
+
+    def step(u, tau):
+        f, g = fourier_transforms(x, y, tau / scale * u, scale)
+        new = readout(g, u)
+        return new, (jnp.abs(jnp.sum(new * u, axis=-1)), jnp.abs(f) ** 2 + jnp.sum(jnp.abs(g) ** 2,
+                                                                                   axis=-1))
+
+    u, (moves, mass) = jax.lax.scan(step, starts, taus)
+    return u, mass[-1], moves[-1]
+
+
+def _random_unit(key, b: int, d: int) -> Array:
+    return ridge.unit(jax.random.normal(key, (b, d)))
+
+
+def dedupe(v: Float[Array, "m d"], score, threshold: float, existing=None) -> np.ndarray:
+    """Greedy: keep rows in order of decreasing score unless |cos| > threshold with a kept one."""
+    v, score = np.asarray(v), np.asarray(score)
+    kept = [] if existing is None else list(np.asarray(existing))
+    new = []
+    for i in np.argsort(-score):
+        if all(abs(float(v[i] @ w)) <= threshold for w in kept):
+            kept.append(v[i])
+            new.append(v[i])
+    return np.asarray(new).reshape(-1, v.shape[1])
+
+
+def _gaussian_queries(oracle: Oracle, key, q: int, scale: float):
+    x = scale * jax.random.normal(key, (q, oracle.d))
+    return x, oracle(x)
+
+
+def _fit_queries(oracle: Oracle, key, q: int, scale: float):
+    """Fit/test design: half at scale s, half at 2s, so fitted responses cover twice the scale."""
+    x = scale * jax.random.normal(key, (q, oracle.d))
+    x = x.at[: q // 2].multiply(2.0)
+    return x, oracle(x)
+
+
+def fourier(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(),
+            progress: Callable[[str], None] | None = None) -> tuple[Array, dict]:
+    """Candidate directions by the peeled Fourier fixed-point search (see the module docstring)."""
+    d, s = oracle.d, config.scale
+    kq, kr = jax.random.split(key)
+    x, y = _gaussian_queries(oracle, kq, config.budget - config.fit_queries, s)
+    taus = jnp.asarray(config.taus)
+    found = np.zeros((0, d), np.float32)
+    model = ridge.init(found, extent=4.5 * s)
+    # Peeling fits use a subsample: they only need the residual, not the final accuracy.
+    xf, yf = x[: config.fit_queries], y[: config.fit_queries]
+    rounds = []
+    for r in range(config.rounds):
+        model = ridge.fit(model, xf, yf, steps=100)
+        resid = y - ridge.predict(model, x)
+        frac = float(jnp.var(resid) / jnp.var(y))
+        if rounds and frac > 0.8 * rounds[-1]["residual_fraction"]:
+            break  # the last round's directions explained too little: the rest is noise/misfit
+        u, mass, move = fixed_point(x, resid, _random_unit(jax.random.fold_in(kr, r),
+                                                            config.starts, d), taus, s)
+        converged = np.asarray(move) > 0.999
+        floor = float(jnp.var(resid)) * (1 + d / s**2) / x.shape[0]  # Monte-Carlo |Ĝ|² level
+        strong = converged & (np.asarray(mass) > 25 * floor)
+        new = dedupe(np.asarray(u)[strong], np.asarray(mass)[strong], 0.98, existing=found)
+        rounds.append({"round": r, "converged": int(converged.sum()), "new": len(new),
+                       "residual_fraction": frac})
+        if progress:
+            progress(f"fourier round {r}: residual {frac:.3g} of var f, {len(new)} new, "
+                     f"{len(found) + len(new)} total")
+        if len(new) == 0:
+            break
+        found = np.concatenate([found, new])
+        model = model._replace(directions=jnp.asarray(found), coef=jnp.concatenate(
+            [model.coef, jnp.zeros((len(new), model.coef.shape[1]))]))
+    return jnp.asarray(found), {"rounds": rounds, "search_queries": int(x.shape[0])}
+
+
+# ----------------------------------------------------------------------------- Hessian / Hermite
+
+def subspace_power_method(basis: Float[Array, "r d d"], key, starts: int, *, iters: int = 200,
+                          accept: float = 0.9) -> tuple[Array, Array]:
+    """Rank-one elements v vᵀ of a subspace of symmetric matrices (Kileel & Pereira).
+
+    Maximises F(v) = ‖P(v vᵀ)‖²_F over unit v by the shifted power map v ← P(v vᵀ) v + γ v from
+    random starts; F(v) = 1 exactly on rank-one members. Returns the end points and F.
+    """
+    basis = jnp.asarray(basis)
+    gamma = 0.5
+
+    def iterate(v, _):
+        coeff = jnp.einsum("kij,bi,bj->bk", basis, v, v)
+        w = jnp.einsum("bk,kij,bj->bi", coeff, basis, v) + gamma * v
+        return ridge.unit(w), None
+
+    v, _ = jax.lax.scan(iterate, _random_unit(key, starts, basis.shape[1]), None, length=iters)
+    value = jnp.sum(jnp.einsum("kij,bi,bj->bk", basis, v, v) ** 2, axis=-1)
+    return v, value
+
+
+def _span(rows: Float[Array, "h p"], rank: int | None) -> tuple[Array, int, Array]:
+    """Orthonormal basis of the dominant row space; rank at the largest singular-value gap."""
+    _, sv, vt = jnp.linalg.svd(rows, full_matrices=False)
+    if rank is None:
+        ratio = np.asarray(sv[:-1] / jnp.maximum(sv[1:], 1e-30))
+        rank = int(np.argmax(ratio)) + 1
+    return vt[:rank], rank, sv
+
+
+def _spm_candidates(mats: Float[Array, "h d d"], key, rank, max_features):
+    d = mats.shape[-1]
+    basis, rank, sv = _span(mats.reshape(mats.shape[0], d * d), rank)
+    basis = basis.reshape(-1, d, d)
+    basis = 0.5 * (basis + jnp.swapaxes(basis, 1, 2))
+    v, value = subspace_power_method(basis, key, starts=min(max(20 * rank, 200), 4000))
+    good = np.asarray(value) > 0.9
+    found = dedupe(np.asarray(v)[good], np.asarray(value)[good], 0.995)
+    if max_features is not None:
+        found = found[:max_features]
+    return jnp.asarray(found), {"span_rank": rank, "singular_values": np.asarray(sv[:4 * rank + 4])}
+
+
+def finite_difference_hessians(oracle: Oracle, key, centres: int, h: float, scale: float):
+    """Second differences along a fresh random orthonormal frame per centre (2d² + 1 queries each).
+
+    H_ij ≈ [f(x+hq_i+hq_j) − f(x+hq_i−hq_j) − f(x−hq_i+hq_j) + f(x−hq_i−hq_j)]/(4h²), rotated back.
+    """
+    d = oracle.d
+    kx, kq = jax.random.split(key)
+    x0 = scale * jax.random.normal(kx, (centres, d))
+    frames, _ = jnp.linalg.qr(jax.random.normal(kq, (centres, d, d)))
+    eye = jnp.eye(d)
+    si = jnp.array([1, 1, -1, -1])[:, None, None, None]
+    sj = jnp.array([1, -1, 1, -1])[:, None, None, None]
+    steps = h * (si * eye[None, :, None, :] + sj * eye[None, None, :, :])      # (4, d, d, d)
+    pts = x0[:, None, None, None, :] + jnp.einsum("sijk,ckl->csijl", steps, jnp.swapaxes(frames,
+                                                                                         1, 2))
+    vals = oracle(pts.reshape(-1, d)).reshape(centres, 4, d, d)
+    hq = (vals[:, 0] - vals[:, 1] - vals[:, 2] + vals[:, 3]) / (4 * h**2)
+    return jnp.einsum("cij,cki,clj->ckl", hq, frames, frames)
+
+
+def hessian(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), progress=None):
+    """Candidate directions from the span of finite-difference Hessians (see module docstring)."""
+    per = 4 * oracle.d**2
+    centres = (config.budget - config.fit_queries) // per
+    need = oracle.d * (oracle.d + 1) // 2
+    if centres < need:
+        raise QueryBudgetExceeded(
+            f"the hessian method needs at least d(d+1)/2 = {need} Hessians of {per} queries each "
+            f"(≥ {need * per + config.fit_queries} queries with the final fit); budget is "
+            f"{config.budget}")
+    kh, ks = jax.random.split(key)
+    mats = finite_difference_hessians(oracle, kh, centres, config.h, config.scale)
+    found, diag = _spm_candidates(mats, ks, None, config.max_features)
+    return found, {**diag, "hessians": centres}
+
+
+def hermite_moment(x: Float[Array, "q d"], y: Float[Array, " q"], order: int) -> Array:
+    """E[y He_order(x)] for x ~ N(0, I): order 3 as (d, d, d), order 4 unfolded as (d², d²)."""
+    d = x.shape[1]
+    eye = jnp.eye(d)
+    m0 = jnp.mean(y)
+    m1 = x.T @ y / len(y)
+    m2 = jnp.einsum("qi,qj,q->ij", x, x, y) / len(y)
+    if order == 3:
+        m3 = jnp.einsum("qi,qj,qk,q->ijk", x, x, x, y) / len(y)
+        sym = jnp.einsum("i,jk->ijk", m1, eye)
+        return m3 - sym - jnp.transpose(sym, (1, 0, 2)) - jnp.transpose(sym, (1, 2, 0))
+    xx = (x[:, :, None] * x[:, None, :]).reshape(len(y), d * d)
+    m4 = ((xx * y[:, None]).T @ xx / len(y)).reshape(d, d, d, d)
+    t = jnp.einsum("ij,kl->ijkl", m2, eye)
+    pairs = (t + jnp.transpose(t, (0, 2, 1, 3)) + jnp.transpose(t, (0, 2, 3, 1))
+             + jnp.transpose(t, (2, 3, 0, 1)) + jnp.transpose(t, (1, 3, 0, 2))
+             + jnp.transpose(t, (1, 2, 0, 3)))
+    dd = jnp.einsum("ij,kl->ijkl", eye, eye)
+    deltas = dd + jnp.transpose(dd, (0, 2, 1, 3)) + jnp.transpose(dd, (0, 2, 3, 1))
+    return (m4 - pairs + m0 * deltas).reshape(d * d, d * d)
+
+
+def jennrich(t3: Float[Array, "d d d"], key) -> Array:
+    """Components of Σ λ_i v_i^{⊗3} (n ≤ d, linearly independent) by simultaneous diagonalisation."""
+    d = t3.shape[0]
+    a, b = jax.random.normal(key, (2, d))
+    ta, tb = jnp.einsum("ijk,k->ij", t3, a), jnp.einsum("ijk,k->ij", t3, b)
+    w, v = np.linalg.eig(np.asarray(ta) @ np.linalg.pinv(np.asarray(tb), rcond=1e-3))
+    order = np.argsort(-np.abs(w))
+    v = np.real(v[:, order]).T
+    return ridge.unit(jnp.asarray(v, jnp.float32)), np.abs(w[order])
+
+
+def hermite(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), progress=None):
+    """Candidate directions from Hermite moment tensors (see module docstring)."""
+    kq, ks = jax.random.split(key)
+    x, y = _gaussian_queries(oracle, kq, config.budget - config.fit_queries, 1.0)
+    if config.hermite_order == 3:
+        v, w = jennrich(hermite_moment(x, y - jnp.mean(y), 3), ks)
+        keep = w > 1e-3 * w[0]
+        return v[keep], {"eigenvalues": w}
+    t4 = hermite_moment(x, y, 4)
+    d = oracle.d
+    # The column space of the unfolded tensor lies in span{vec(v vᵀ)}: reuse the SPM machinery.
+    evals, evecs = jnp.linalg.eigh(0.5 * (t4 + t4.T))
+    order = jnp.argsort(-jnp.abs(evals))
+    mats = (evecs[:, order].T * jnp.abs(evals[order])[:, None]).reshape(d * d, d, d)
+    found, diag = _spm_candidates(mats, ks, None, config.max_features)
+    return found, diag
+
+
+# ----------------------------------------------------------------------------- student network
+
+def student(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), progress=None,
+            width: int | None = None, steps: int = 4000):
+    """Candidate directions from a two-layer ReLU network fitted to the same kind of queries."""
+    d = oracle.d
+    kq, ki = jax.random.split(key)
+    x, y = _fit_queries(oracle, kq, config.budget - config.fit_queries, config.scale)
+    width = width or config.width_factor * 4 * d
+    kw, kb, kc = jax.random.split(ki, 3)
+    params = {"w": jax.random.normal(kw, (width, d)) / jnp.sqrt(d),
+              "b": jax.random.normal(kb, (width,)) * config.scale,
+              "c": jax.random.normal(kc, (width,)) / jnp.sqrt(width), "lin": jnp.zeros(d),
+              "c0": jnp.zeros(())}
+    ystd = jnp.std(y)
+
+    def loss(p, xb, yb):
+        pred = jax.nn.relu(xb @ p["w"].T - p["b"]) @ p["c"] + xb @ p["lin"] + p["c0"]
+        return jnp.mean((pred - yb / ystd) ** 2)
+
+    tx = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+
+    @jax.jit
+    def train(params):
+        def body(carry, i):
+            p, state = carry
+            idx = jax.random.randint(jax.random.fold_in(key, i), (4096,), 0, x.shape[0])
+            g = jax.grad(loss)(p, x[idx], y[idx])
+            upd, state = tx.update(g, state, p)
+            return (optax.apply_updates(p, upd), state), None
+        return jax.lax.scan(body, (params, tx.init(params)), jnp.arange(steps))[0][0]
+
+    params = train(params)
+    strength = jnp.abs(params["c"]) * jnp.linalg.norm(params["w"], axis=1)
+    v = ridge.unit(params["w"])
+    live = np.asarray(strength > 0.02 * strength.max())
+    # Units on one line with different biases represent one ridge term: merge up to sign.
+    found = dedupe(np.asarray(v)[live], np.asarray(strength)[live], 0.99)
+    return jnp.asarray(found), {"width": width, "live_units": int(live.sum())}
+
+
+# ----------------------------------------------------------------------------- shared pipeline
+
+SEARCHES = {"fourier": fourier, "hessian": hessian, "hermite": hermite, "student": student}
+
+
+def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: RecoveryConfig,
+           *, prune: float = 2e-4) -> tuple[Array, ridge.RidgeModel]:
+    """Fits the ridge model on fresh queries, refines it, and drops dead or duplicate directions."""
+    x, y = _fit_queries(oracle, key, config.fit_queries, config.scale)
+    model = ridge.fit(ridge.init(candidates, extent=9.0 * config.scale), x, y, steps=200)
+    if config.refine and candidates.shape[0]:
+        model = ridge.fit(model, x, y, directions=True, steps=200)
+    if candidates.shape[0]:
+        # Variance share of each response on the scale-s half of the design.
+        share = np.asarray(jnp.var(ridge.responses(model, x[x.shape[0] // 2:]), axis=0)
+                           / jnp.var(y))
+        strong = share > prune
+        v = dedupe(np.asarray(model.directions)[strong], share[strong], 0.99)
+        if len(v) != candidates.shape[0]:
+            model = ridge.fit(ridge.init(jnp.asarray(v), extent=9.0 * config.scale), x, y,
+                              steps=200)
+    return model.directions, model
+
+
+def recover(oracle: Oracle, method: str, key, config: RecoveryConfig = RecoveryConfig(),
+            progress: Callable[[str], None] | None = None) -> RecoveryResult:
+    """Runs one method end to end under the oracle's budget."""
+    _checks.one_of("method", method, METHODS)
+    if oracle.budget is not None and oracle.remaining < config.budget:
+        raise QueryBudgetExceeded(f"config.budget ({config.budget}) exceeds the oracle's remaining "
+                                  f"budget ({oracle.remaining})")
+    start, used = time.perf_counter(), oracle.queries
+    ks, kf = jax.random.split(key)
+    candidates, diag = SEARCHES[method](oracle, ks, config, progress=progress)
+    directions, model = finish(oracle, kf, candidates, config)
+    diag = {**diag, "candidates": np.asarray(candidates)}
+    return RecoveryResult(directions, model, oracle.queries - used, time.perf_counter() - start,
+                          diag)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def score(target: Target, result: RecoveryResult, key, *, test: int = 20_000) -> dict[str, float]:
+    """The metrics of query-recovery.md §7 against the true target (non-degenerate directions)."""
+    v = np.asarray(target.directions)[~np.asarray(target.degenerate)]
+    found = np.asarray(result.directions)
+    if len(found):
+        cos = np.abs(v @ found.T)
+        best_true, best_found = cos.max(1), cos.max(0)
+        matched = np.asarray(matched_scores(jnp.asarray(cos)))
+    else:
+        best_true, best_found, matched = np.zeros(len(v)), np.zeros(0), np.zeros(len(v))
+    x = jax.random.normal(key, (test, target.directions.shape[1]))
+    return {
+        "recovery_rate_099": float(np.mean(best_true >= 0.99)),
+        "recovery_rate_095": float(np.mean(best_true >= 0.95)),
+        "false_directions": int(np.sum(best_found < 0.9)),
+        "found_directions": len(found),
+        "mean_angle_deg": float(np.degrees(np.mean(np.arccos(np.clip(matched, 0, 1))))),
+        "f_rel_mse": float(ridge.relative_mse(result.model, x, evaluate(target, x))),
+        "f_rel_mse_2x": float(ridge.relative_mse(result.model, 2 * x, evaluate(target, 2 * x))),
+        "queries": result.queries,
+        "seconds": result.seconds,
+    }
