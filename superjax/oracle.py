@@ -208,7 +208,12 @@ class Oracle:
         return None if self.budget is None else self.budget - self.queries
 
     def _raw(self, x) -> Array:
-        y = jnp.asarray(self._fn(x))
+        try:
+            y = jnp.asarray(self._fn(x))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"the oracle function failed on query points of shape "
+                             f"{tuple(x.shape)} (is its input dimension d = {self.d}?): "
+                             f"{err}") from None
         if y.shape != (x.shape[0],):
             raise ValueError(f"the oracle function must return shape ({x.shape[0]},) for "
                              f"{x.shape[0]} query points; got {tuple(y.shape)}")

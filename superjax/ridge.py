@@ -29,16 +29,20 @@ class RidgeModel(NamedTuple):
     hi: Float[Array, ""]
 
 
-def init(directions: Float[Array, "m d"], *, knots: int = 24, extent: float = 9.0) -> RidgeModel:
+def init(directions: Float[Array, "m d"], *, knots: int = 48, extent: float = 9.0) -> RidgeModel:
     """A zero model on ``directions`` with ``knots`` spline coefficients on [−extent, extent]."""
     m, d = directions.shape
     return RidgeModel(jnp.asarray(directions, jnp.float32), jnp.zeros((m, knots)), jnp.zeros(()),
                       jnp.zeros(d), jnp.zeros((d, d)), jnp.asarray(-extent), jnp.asarray(extent))
 
 
-def _bspline_weights(u: Array) -> tuple[Array, Array]:
-    """Index of the first of the four active uniform cubic B-splines and their weights at u."""
-    i = jnp.floor(u)
+def _bspline_weights(u: Array, k: int) -> tuple[Array, Array]:
+    """Index of the first of the four active uniform cubic B-splines and their weights at u.
+
+    u ∈ [0, k − 3]; the last interval is closed (index clamped, not u, so no float32 rounding can
+    push the index out of the k coefficients).
+    """
+    i = jnp.clip(jnp.floor(u), 0, k - 4)
     t = u - i
     w = jnp.stack([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1,
                    t**3], axis=-1) / 6.0
@@ -55,7 +59,7 @@ def responses(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, "b m"]:
     z = x @ unit(model.directions).T
     # Spline j lives on k − 3 intervals of [lo, hi]; clamp so that the spline is constant outside.
     u = (jnp.clip(z, model.lo, model.hi) - model.lo) / (model.hi - model.lo) * (k - 3)
-    i, w = _bspline_weights(jnp.minimum(u, k - 3 - 1e-6))
+    i, w = _bspline_weights(u, k)
     idx = i[..., None] + jnp.arange(4)                       # (b, m, 4)
     c = jnp.take_along_axis(model.coef[None], idx, axis=2)   # (b, m, 4)
     return jnp.sum(c * w, axis=-1)
@@ -75,31 +79,85 @@ def _loss(model, x, y):
     return jnp.mean((predict(model, x) - y) ** 2)
 
 
+def roughness(model: RidgeModel) -> Float[Array, ""]:
+    """Σ_j Σ_k (Δ²c_jk)²: the P-spline penalty (Eilers & Marx 1996); zero on linear responses."""
+    return jnp.sum(jnp.diff(model.coef, n=2, axis=1) ** 2)
+
+
+def _preconditioner(model: RidgeModel, x: Float[Array, "b d"]) -> RidgeModel:
+    """Square roots of the diagonal of the normal matrix, per parameter (Jacobi scaling).
+
+    Edge spline coefficients see few queries and polynomial terms have very different scales;
+    without this scaling L-BFGS stalls far from the least-squares optimum.
+    """
+    m, k = model.coef.shape
+    z = x @ unit(model.directions).T
+    u = (jnp.clip(z, model.lo, model.hi) - model.lo) / (model.hi - model.lo) * (k - 3)
+    i, w = _bspline_weights(u, k)
+    flat = (i[..., None] + jnp.arange(4) + (jnp.arange(m) * k)[None, :, None]).reshape(-1)
+    diag = jnp.zeros(m * k).at[flat].add((w**2).reshape(-1)).reshape(m, k) / x.shape[0]
+    x2 = x**2
+    one = lambda a: jnp.ones_like(a)  # noqa: E731
+    return RidgeModel(one(model.directions), jnp.sqrt(diag + 1e-6), one(model.const),
+                      jnp.sqrt(jnp.mean(x2, 0)), jnp.sqrt(x2.T @ x2 / x.shape[0]),
+                      one(model.lo), one(model.hi))
+
+
 def fit(model: RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
-        directions: bool = False, steps: int = 300) -> RidgeModel:
+        directions: bool = False, steps: int = 300, smoothing: float = 1e-6,
+        active: Array | None = None) -> RidgeModel:
     """Least squares for the responses (and the directions when ``directions``) by L-BFGS.
 
-    The loss is scaled by 1/var(y) so that the line search's tolerances are scale-free.
+    Minimises [mean (f̂ − y)² + smoothing · :func:`roughness`] / var(y). The roughness penalty
+    keeps splines from fitting noise where few queries fall (their ends, where it also makes them
+    extrapolate linearly) and stops spare directions from absorbing overfitting. L-BFGS runs on
+    Jacobi-scaled parameters (:func:`_preconditioner`); dividing by var(y) makes its line-search
+    tolerances scale-free.
     """
     scale = 1.0 / jnp.maximum(jnp.var(y), 1e-12)
-    frozen = jax.tree.map(lambda _: False, model)._replace(
-        directions=not directions, lo=True, hi=True)
-    loss = lambda p: scale * _loss(p, x, y)  # noqa: E731
+    m = model.coef.shape[0]
+    live = jnp.ones(m) if active is None else jnp.asarray(active, jnp.float32)
+    # Gradient mask: padding rows (active False) stay exactly zero, so callers can bucket the
+    # number of directions and reuse one compiled fit.
+    mask = jax.tree.map(jnp.ones_like, model)._replace(
+        directions=live[:, None] * float(directions) * jnp.ones_like(model.directions),
+        coef=live[:, None] * jnp.ones_like(model.coef), lo=jnp.zeros(()), hi=jnp.zeros(()))
+    pre = _preconditioner(model, x)
+    def loss(p):
+        model = jax.tree.map(jnp.divide, p, pre)
+        return scale * (_loss(model, x, y) + smoothing * roughness(model))
+
     tx = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
 
     def body(carry, _):
         params, state = carry
         value, grad = value_and_grad(params, state=state)
-        grad = jax.tree.map(lambda g, f: jnp.zeros_like(g) if f else g, grad, frozen)
+        grad = jax.tree.map(jnp.multiply, grad, mask)
         updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=loss)
         return (optax.apply_updates(params, updates), state), value
 
-    (model, _), _ = jax.lax.scan(body, (model, tx.init(model)), None, length=steps)
+    start = jax.tree.map(jnp.multiply, model, pre)
+    (params, _), _ = jax.lax.scan(body, (start, tx.init(start)), None, length=steps)
+    model = jax.tree.map(jnp.divide, params, pre)
     return model._replace(directions=unit(model.directions))
 
 
 fit = jax.jit(fit, static_argnames=("directions", "steps"))
+
+
+def nonpolynomial_share(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, " m"]:
+    """Variance of each response left after regressing out {1, z, z²} along its own direction.
+
+    A quadratic response along any direction is also a polynomial of x, so it duplicates the
+    polynomial term and says nothing about the direction; only this remainder does.
+    """
+    resp = responses(model, x)
+    z = x @ unit(model.directions).T
+    basis = jnp.stack([jnp.ones_like(z), z, z**2], axis=-1)               # (b, m, 3)
+    gram = jnp.einsum("bmi,bmj->mij", basis, basis)
+    coef = jnp.linalg.solve(gram, jnp.einsum("bmi,bm->mi", basis, resp)[..., None])[..., 0]
+    return jnp.var(resp - jnp.einsum("bmi,mi->bm", basis, coef), axis=0)
 
 
 def relative_mse(model: RidgeModel, x, y) -> Float[Array, ""]:

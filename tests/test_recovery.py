@@ -1,0 +1,134 @@
+"""Query recovery: Fourier estimators against closed forms, the extraction algebra on exact inputs,
+and end-to-end recovery on small instances with every method."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from superjax import oracle as O
+from superjax import recovery as R
+from superjax import ridge
+
+
+def _sin_feature(d=6, a=1.5, b=0.4):
+    v = ridge.unit(jax.random.normal(jax.random.key(0), (1, d)))
+    return O.Target(v, jnp.ones(1), jnp.array([3]), jnp.array([a]), jnp.array([b])), v[0]
+
+
+def test_fourier_transform_matches_the_closed_form():
+    # F_s(ω) = φ(⟨ω,v⟩) exp(−s²(‖ω‖² − ⟨ω,v⟩²)/2) with, for sin(az + b) and z ~ N(0, s²),
+    # φ(τ) = (e^{ib} e^{−s²(a−τ)²/2} − e^{−ib} e^{−s²(a+τ)²/2}) / (2i).
+    s, a, b, q = 1.0, 1.5, 0.4, 400_000
+    target, v = _sin_feature(a=a, b=b)
+    x = s * jax.random.normal(jax.random.key(1), (q, 6))
+    y = O.evaluate(target, x)
+    omega = jnp.stack([1.4 * v, 0.7 * v + 0.3 * ridge.unit(jnp.ones(6)), -1.5 * v])
+    f, g = R.fourier_transforms(x, y, omega, s)
+    tau = np.asarray(omega @ v)
+    perp = np.sum(np.asarray(omega) ** 2, 1) - tau**2
+    phi = (np.exp(1j * b - s**2 * (a - tau) ** 2 / 2)
+           - np.exp(-1j * b - s**2 * (a + tau) ** 2 / 2)) / 2j
+    expect = phi * np.exp(-(s**2) * perp / 2)
+    se = np.std(np.asarray(y)) / np.sqrt(q)
+    np.testing.assert_allclose(np.asarray(f), expect, atol=5 * se)
+    # Inside the tube the gradient field is parallel to v: the readout returns ±v.
+    u = R.readout(g[:1], v[None])
+    assert float(u[0] @ v) > 0.999
+
+
+def test_subspace_power_method_extracts_rank_one_members_of_an_exact_span():
+    d, n = 8, 20  # n < d(d+1)/2 = 36: the span identifies the directions
+    v = ridge.unit(jax.random.normal(jax.random.key(2), (n, d)))
+    mix = jax.random.normal(jax.random.key(3), (3 * n, n))  # more matrices than the span's rank
+    mats = jnp.einsum("hn,ni,nj->hij", mix, v, v)
+    found, diag = R._spm_candidates(mats, jax.random.key(4), None, None)
+    assert diag["span_rank"] == n
+    cos = np.abs(np.asarray(v) @ np.asarray(found).T)
+    assert np.all(cos.max(1) > 0.9999) and len(found) == n
+
+
+def test_jennrich_decomposes_an_exact_third_order_tensor():
+    d = 6
+    v = ridge.unit(jax.random.normal(jax.random.key(5), (d, d)))
+    lam = jnp.linspace(1.0, 2.0, d)
+    t3 = jnp.einsum("n,ni,nj,nk->ijk", lam, v, v, v)
+    found, _ = R.jennrich(t3, jax.random.key(6))
+    cos = np.abs(np.asarray(v) @ np.asarray(found).T)
+    assert np.all(cos.max(1) > 0.999)
+
+
+def test_finite_difference_hessians_are_exact_on_quadratics():
+    d = 5
+    a = jax.random.normal(jax.random.key(7), (d, d))
+    a = a + a.T
+    orc = O.Oracle.from_callable(lambda x: 0.5 * np.einsum("bi,ij,bj->b", x, a, x), d)
+    h = R.finite_difference_hessians(orc, jax.random.key(8), 3, 0.5, 1.0)
+    np.testing.assert_allclose(h, jnp.broadcast_to(a, h.shape), atol=2e-4)
+    assert orc.queries == 3 * 4 * d * d
+
+
+def test_hermite_moments_of_hermite_ridges():
+    # E[He_k(vᵀx) He_k(x)] = k! v^{⊗k}.
+    d, q = 3, 400_000
+    v = ridge.unit(jnp.array([1.0, 2.0, -1.0]))
+    x = jax.random.normal(jax.random.key(9), (q, d))
+    z = x @ v
+    t3 = R.hermite_moment(x, z**3 - 3 * z, 3)
+    np.testing.assert_allclose(t3, 6 * jnp.einsum("i,j,k->ijk", v, v, v), atol=0.15)
+    t4 = R.hermite_moment(x, z**4 - 6 * z**2 + 3, 4)
+    expect = 24 * jnp.einsum("i,j,k,l->ijkl", v, v, v, v).reshape(d * d, d * d)
+    np.testing.assert_allclose(t4, expect, atol=0.6)
+
+
+def _instance(d, n, seed=0, **kw):
+    target = O.sample_target(jax.random.key(seed), d, n, **kw)
+    return target, O.Oracle.from_target(target, noise=0.01, key=jax.random.key(seed + 1))
+
+
+@pytest.mark.parametrize("method,budget", [("fourier", 80_000), ("hessian", 120_000)])
+def test_methods_recover_an_overcomplete_target(method, budget):
+    # n = 2d with mixed ReLU/tanh/sin/bump responses and noise 0.01·std f.
+    target, orc = _instance(6, 12)
+    res = R.recover(orc, method, jax.random.key(2), R.RecoveryConfig(budget=budget,
+                                                                     fit_queries=12_000))
+    score = R.score(target, res, jax.random.key(3))
+    assert score["recovery_rate_099"] >= 0.9, score
+    assert score["false_directions"] == 0, score
+    assert score["f_rel_mse"] < 1e-2 and score["f_rel_mse_2x"] < 1e-2, score
+    assert res.queries <= budget
+
+
+def test_hermite_and_student_recover_an_undercomplete_target():
+    target, orc = _instance(6, 5, responses="tanh")
+    # tanh(αz + b) has a strong third Hermite coefficient: order 3 + Jennrich applies (n ≤ d).
+    for method in ("hermite", "student"):
+        res = R.recover(orc, method, jax.random.key(4), R.RecoveryConfig(
+            budget=150_000, fit_queries=12_000, hermite_order=3))
+        score = R.score(target, res, jax.random.key(5))
+        assert score["recovery_rate_095"] >= 0.8, (method, score)
+
+
+def test_score_of_the_truth_is_perfect():
+    target, orc = _instance(6, 8)
+    x = jax.random.normal(jax.random.key(6), (20_000, 6))
+    x = x.at[:10_000].multiply(2.0)
+    model = ridge.fit(ridge.init(target.directions, extent=9.0), x, O.evaluate(target, x))
+    res = R.RecoveryResult(target.directions, model, 0, 0.0, {})
+    score = R.score(target, res, jax.random.key(7))
+    assert score["recovery_rate_099"] == 1.0 and score["false_directions"] == 0
+    assert score["mean_angle_deg"] < 0.1 and score["f_rel_mse"] < 1e-3
+
+
+def test_bad_requests_fail_clearly():
+    _, orc = _instance(8, 16)
+    with pytest.raises(ValueError, match="method must be one of"):
+        R.recover(orc, "magic", jax.random.key(0))
+    with pytest.raises(O.QueryBudgetExceeded, match="hessian method needs"):
+        R.recover(orc, "hessian", jax.random.key(0), R.RecoveryConfig(budget=15_000,
+                                                                      fit_queries=10_000))
+    with pytest.raises(ValueError, match="must exceed fit_queries"):
+        R.RecoveryConfig(budget=10_000, fit_queries=20_000)
+    limited = O.Oracle.from_target(_instance(8, 16)[0], budget=50_000)
+    with pytest.raises(O.QueryBudgetExceeded, match="remaining budget"):
+        R.recover(limited, "fourier", jax.random.key(0), R.RecoveryConfig(budget=100_000))
