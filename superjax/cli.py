@@ -81,8 +81,10 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recover", help="query-access recovery of the directions of a ridge sum")
     r.add_argument("--d", type=int, default=16, help="input dimension d")
-    r.add_argument("--n", type=int, default=32, help="non-degenerate features n (n > d: superposition)")
-    r.add_argument("--responses", default="mixed", help="mixed, relu, tanh, sigmoid, sin, bump or abs")
+    r.add_argument("--n", type=int, default=32,
+                   help="non-degenerate features n (n > d: superposition)")
+    r.add_argument("--responses", default="mixed",
+                   help="mixed, relu, tanh, sigmoid, sin, bump or abs")
     r.add_argument("--directions", default="uniform", help="uniform or clustered")
     r.add_argument("--delta", type=float, default=0.3, help="angle (radians) inside a cluster")
     r.add_argument("--noise", type=float, default=0.01, help="oracle noise relative to std(f)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 import time
 
-from superjax import bounds, phase_transition, plots, report, sae_study
+from superjax import bounds, phase_transition, plots, recovery_study, report, sae_study
 
 # (M, N, K) cells for the bounds table: the published small cell, a mid-size SAE, two sides of
 # the transition at N = 1024, and a GPT-2-small-sized residual stream with a 32x dictionary.
@@ -136,6 +136,57 @@ def _gap_findings(rep: dict) -> str:
     return " ".join(lines)
 
 
+def recovery_section(full: bool, progress: bool) -> tuple[str, list[dict]]:
+    """Query-access recovery of a ridge sum in superposition: Fourier search vs Hessian span."""
+    cells = ([(16, 16), (16, 32), (16, 64), (8, 64)] if full else [(8, 16)])
+    say = (lambda line: print(line, flush=True)) if progress else None
+    rows, table = [], []
+    for d, n in cells:
+        for method in ("fourier", "hessian"):
+            budget = (400_000 if d > 8 else 200_000) if method == "fourier" else 1_000_000
+            cfg = recovery_study.RecoverConfig(d=d, n=n, method=method, budget=budget, seed=0)
+            rep = recovery_study.run(cfg, progress=say)
+            rows.append(rep)
+            table.append([method, str(d), str(n), f"{n / d:g}",
+                          report.fmt(rep["recovery_rate_099"], 2),
+                          report.fmt(rep["recovery_rate_095"], 2), str(rep["false_directions"]),
+                          report.fmt(rep["mean_angle_deg"], 2), f"{rep['f_rel_mse']:.1e}",
+                          f"{rep['f_rel_mse_2x']:.1e}", str(rep["queries"]),
+                          report.fmt(rep["seconds"], 0)])
+    best = {m: max(r["recovery_rate_099"] for r in rows if r["config"]["method"] == m)
+            for m in ("fourier", "hessian")}
+    queries = {m: min(r["queries"] for r in rows if r["config"]["method"] == m)
+               for m in ("fourier", "hessian")}
+    text = ("## 4. Query-access recovery: every direction of f(x) = Σ a_i σ_i(v_iᵀx), n ≥ d
+
+"
+            "A black box answers f at chosen points, with noise 0.01·std f. Responses are a mix "
+            "of ReLU(z − b), tanh(αz + b), sin(ωz + b) and Gaussian bumps, weights ±U[0.5, 1.5], "
+            "directions uniform on the sphere. The Fourier method searches the Gaussian-windowed "
+            "gradient field Ĝ(ω) with a fixed-point readout and peels found ridge terms; the "
+            "Hessian baseline extracts rank-one members of the span of finite-difference "
+            "Hessians. Both end with the same spline-ridge fit of f on fresh queries. Recovery "
+            "rate = fraction of true directions with a found one at |cos| ≥ 0.99; false = found "
+            "directions at |cos| < 0.9 to every true one; f errors are held-out relative MSE at "
+            "the query scale and at twice it.
+
+"
+            + report.markdown_table(["method", "d", "n", "n/d", "recovery ≥0.99", "≥0.95",
+                                     "false", "mean angle (°)", "f rel. MSE", "at 2×",
+                                     "queries", "seconds"], table)
+            + f"
+
+Best recovery rate: Fourier {best['fourier']:.2f} with as few as "
+            f"{queries['fourier']} queries, Hessian {best['hessian']:.2f} with "
+            f"{queries['hessian']}.
+
+"
+            "Reproduce a row: `superjax recover --d 8 --n 16 --method fourier --budget 200000 "
+            "--seed 0 --out DIR`; the full grid: "
+            "`python experiments/recovery_vs_overcompleteness.py --full`.\n")
+    return text, rows
+
+
 def run(out: str | pathlib.Path, *, full: bool = False, progress: bool = True) -> pathlib.Path:
     """Runs every study at demo size (or full size) and writes DIR/report.md and DIR/results.json.
 
@@ -150,6 +201,8 @@ def run(out: str | pathlib.Path, *, full: bool = False, progress: bool = True) -
     text, results["phase_transition"] = phase_transition_section(out, full, progress)
     sections.append(text)
     text, results["amortisation_gap"] = amortisation_section(out, full, progress)
+    sections.append(text)
+    text, results["recovery"] = recovery_section(full, progress)
     sections.append(text)
     env = report.environment()
     seconds = time.perf_counter() - start

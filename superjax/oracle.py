@@ -125,8 +125,8 @@ def sample_target(
     controls = jnp.array([6, 7, 8])[jnp.arange(degenerate) % 3]
     kinds = jnp.concatenate([kinds, controls]).astype(jnp.int32)
     u = jax.random.uniform(ka, (total,))
-    scale_lo = jnp.select([kinds == 1, kinds == 2, kinds == 3, kinds == 4], [1.0, 1.0, 1.0, 0.5], 1.0)
-    scales = scale_lo * (1.0 + u)  # tanh/sigmoid slope and sin frequency in [1, 2], bump width [.5, 1]
+    # tanh/sigmoid slope and sin frequency in [1, 2]; bump width in [0.5, 1].
+    scales = jnp.where(kinds == 4, 0.5, 1.0) * (1.0 + u)
     shifts = jax.random.uniform(kb, (total,), minval=-1.0, maxval=1.0)
     shifts = jnp.where(kinds == 3, shifts * jnp.pi, shifts)
     sign = jnp.where(jax.random.bernoulli(kw, 0.5, (total,)), 1.0, -1.0)
@@ -149,7 +149,8 @@ def validate_target(target: Target, *, min_separation: float = 1e-3) -> Target:
     bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-4)
     if bad.size:
         raise ValueError(f"target directions must be unit vectors; direction {bad[0]} has norm "
-                         f"{norms[bad[0]]:.6g} (normalise them, and fold the scale into the response)")
+                         f"{norms[bad[0]]:.6g} (normalise them and fold the scale into the "
+                         "response)")
     kinds = np.asarray(target.kinds)
     if np.any((kinds < 0) | (kinds >= len(RESPONSES))):
         raise ValueError(f"target.kinds must index {RESPONSES}; got values {np.unique(kinds)}")

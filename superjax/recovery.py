@@ -342,7 +342,7 @@ def hermite_moment(x: Float[Array, "q d"], y: Float[Array, " q"], order: int) ->
 
 
 def jennrich(t3: Float[Array, "d d d"], key) -> Array:
-    """Components of Σ λ_i v_i^{⊗3} (n ≤ d, linearly independent) by simultaneous diagonalisation."""
+    """Components of Σ λ_i v_i^{⊗3} (n ≤ d, independent v_i) by simultaneous diagonalisation."""
     d = t3.shape[0]
     a, b = jax.random.normal(key, (2, d))
     ta, tb = jnp.einsum("ijk,k->ij", t3, a), jnp.einsum("ijk,k->ij", t3, b)

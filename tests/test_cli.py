@@ -112,3 +112,32 @@ def test_train_sae_writes_config_metrics_checkpoints_and_report(tmp_path, capsys
 def test_train_sae_bad_input(argv, match, capsys):
     assert cli.main(argv) == 2
     assert match in capsys.readouterr().err
+
+
+def test_recover_writes_the_scored_result(tmp_path, capsys):
+    out = tmp_path / "rec"
+    argv = ["recover", "--d", "5", "--n", "6", "--method", "hessian", "--budget", "60000",
+            "--quiet", "--out", str(out)]
+    assert cli.main(argv) == 0
+    rep = json.loads((out / "result.json").read_text())
+    for key in ("recovery_rate_099", "recovery_rate_095", "false_directions", "mean_angle_deg",
+                "f_rel_mse", "f_rel_mse_2x", "queries", "seconds"):
+        assert key in rep
+    assert rep["recovery_rate_099"] == 1.0 and rep["false_directions"] == 0
+    assert rep["queries"] <= 60000
+    assert "recovery_rate_099=1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["--method", "magic"], "method must be one of"),
+    (["--responses", "gelu"], "responses must be one of"),
+    (["--directions", "grid"], "directions must be one of"),
+    (["--budget", "1000"], "must exceed fit_queries"),
+    (["--method", "hessian", "--d", "32", "--budget", "100000"], "hessian method needs"),
+    (["--n", "0"], "n must be >= 1"),
+    (["--noise", "-1"], "noise must lie in"),
+])
+def test_recover_bad_input(argv, match, capsys):
+    assert cli.main(["recover", *argv, "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

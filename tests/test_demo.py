@@ -22,3 +22,9 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
     gap = results["amortisation_gap"]["true_dictionary"]
     assert "## 3. Sparse autoencoders and the amortisation gap" in text
     assert f"{gap['lista']['latent_mcc']:.3f}" in text
+    rec = results["recovery"]
+    assert "## 4. Query-access recovery" in text and len(rec) == 2
+    for r in rec:
+        # d = 8, n = 16 (n/d = 2): both methods recover every direction with no false ones.
+        assert r["recovery_rate_099"] >= 0.9 and r["false_directions"] == 0, r
+        assert r["f_rel_mse"] < 1e-2 and f"{r['f_rel_mse']:.1e}" in text

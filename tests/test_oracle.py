@@ -1,4 +1,5 @@
-"""Targets and the oracle: closed-form responses, exact cluster geometry, counting, budget, noise."""
+"""Targets and the oracle: closed-form responses, exact cluster geometry, counting, budget,
+noise."""
 
 import chex
 import jax

@@ -37,7 +37,8 @@ def test_fit_reaches_the_least_squares_optimum():
     # Reference: numpy least squares on the explicit design (splines + quadratic polynomial).
     iu = np.triu_indices(d)
     xn = np.asarray(x, np.float64)
-    poly = np.concatenate([np.ones((q, 1)), xn, (xn[:, :, None] * xn[:, None, :])[:, iu[0], iu[1]]], 1)
+    quad = (xn[:, :, None] * xn[:, None, :])[:, iu[0], iu[1]]
+    poly = np.concatenate([np.ones((q, 1)), xn, quad], 1)
     a = np.concatenate([_design(model, x), poly], 1)
     coef, *_ = np.linalg.lstsq(a, np.asarray(y, np.float64), rcond=None)
     best = np.mean((a @ coef - np.asarray(y)) ** 2)
