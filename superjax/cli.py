@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     s.add_argument("--signed", action="store_true", help="signed codes (default non-negative)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--activations", default=None,
+                   help="train on this .npy/.safetensors file of activations (samples, M) instead "
+                        "of synthetic data; N is then the SAE width")
     s.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -136,11 +139,12 @@ def _train_sae(args) -> None:
         m=args.m, n=args.n, k=args.k, arch=args.arch, latents=args.latents, sae_k=args.sae_k,
         known_dictionary=args.known_dictionary, samples=args.samples, steps=args.steps,
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
-        seed=args.seed)
+        seed=args.seed, activations=args.activations)
     _writable(args.out)
     rep = sae_study.run(config, args.out, progress=not args.quiet)
     keys = ("latent_mcc", "latent_mcc_chance", "dict_recovery_rate", "dict_mean_cos",
             "random_dict_mean_cos", "fvu", "l0", "dead_fraction")
+    keys = [k for k in keys if k in rep]  # an activation file has no ground truth
     print("  ".join(f"{k}={rep[k]:.4f}" for k in keys))
     print(f"wrote {args.out / 'report.json'}")
 

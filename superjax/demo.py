@@ -157,9 +157,7 @@ def recovery_section(full: bool, progress: bool) -> tuple[str, list[dict]]:
             for m in ("fourier", "hessian")}
     queries = {m: min(r["queries"] for r in rows if r["config"]["method"] == m)
                for m in ("fourier", "hessian")}
-    text = ("## 4. Query-access recovery: every direction of f(x) = Σ a_i σ_i(v_iᵀx), n ≥ d
-
-"
+    text = ("## 4. Query-access recovery: every direction of f(x) = Σ a_i σ_i(v_iᵀx), n ≥ d\n\n"
             "A black box answers f at chosen points, with noise 0.01·std f. Responses are a mix "
             "of ReLU(z − b), tanh(αz + b), sin(ωz + b) and Gaussian bumps, weights ±U[0.5, 1.5], "
             "directions uniform on the sphere. The Fourier method searches the Gaussian-windowed "
@@ -168,19 +166,13 @@ def recovery_section(full: bool, progress: bool) -> tuple[str, list[dict]]:
             "Hessians. Both end with the same spline-ridge fit of f on fresh queries. Recovery "
             "rate = fraction of true directions with a found one at |cos| ≥ 0.99; false = found "
             "directions at |cos| < 0.9 to every true one; f errors are held-out relative MSE at "
-            "the query scale and at twice it.
-
-"
+            "the query scale and at twice it.\n\n"
             + report.markdown_table(["method", "d", "n", "n/d", "recovery ≥0.99", "≥0.95",
                                      "false", "mean angle (°)", "f rel. MSE", "at 2×",
                                      "queries", "seconds"], table)
-            + f"
-
-Best recovery rate: Fourier {best['fourier']:.2f} with as few as "
+            + f"\n\nBest recovery rate: Fourier {best['fourier']:.2f} with as few as "
             f"{queries['fourier']} queries, Hessian {best['hessian']:.2f} with "
-            f"{queries['hessian']}.
-
-"
+            f"{queries['hessian']}.\n\n"
             "Reproduce a row: `superjax recover --d 8 --n 16 --method fourier --budget 200000 "
             "--seed 0 --out DIR`; the full grid: "
             "`python experiments/recovery_vs_overcompleteness.py --full`.\n")

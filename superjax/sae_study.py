@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from superjax import _checks, data, metrics, models, report, train
@@ -37,6 +38,9 @@ class TrainSAEConfig:
         coefficient; 0.1 is a starting point at unit-scale codes, not a tuned value.
       signed: signed codes (default non-negative, the usual SAE setting).
       seed: seed of data, initialisation and batch order.
+      activations: a .npy/.safetensors file of real activations (samples, M) to train on instead
+        of synthetic data; N is then the SAE width and K the TopK k. The last ``test_samples``
+        rows (at most 10 %) are held out for evaluation.
     """
 
     m: int
@@ -54,6 +58,7 @@ class TrainSAEConfig:
     learning_rate: float = 3e-3
     signed: bool = False
     seed: int = 0
+    activations: str | None = None
 
     def __post_init__(self):
         data.DataConfig(m=self.m, n=self.n, k=self.k)  # validates m, n, k
@@ -71,6 +76,14 @@ class TrainSAEConfig:
         _checks.real_number("lam", self.lam, minimum=0.0)
         _checks.real_number("learning_rate", self.learning_rate, minimum=0.0, strict_min=True)
         _checks.positive_int("seed", self.seed, minimum=0)
+        if self.activations is not None:
+            if self.known_dictionary:
+                raise ValueError("--known-dictionary needs synthetic data (no true dictionary "
+                                 "exists for an activation file)")
+            if self.arch in ("mlp", "lista"):
+                raise ValueError("--activations trains one-layer encoders (relu, topk, batchtopk, "
+                                 f"jumprelu), whose input scale folds into the weights; got "
+                                 f"{self.arch!r}")
 
     @property
     def sae(self) -> models.SAEConfig:
@@ -99,13 +112,7 @@ def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool):
                                  config.samples)
         return train_set[idx]
 
-    fit_cfg = train.FitConfig(steps=config.steps, lam=config.lam,
-                              learning_rate=config.learning_rate,
-                              warmup_steps=min(100, config.steps // 10),
-                              log_every=max(1, config.steps // 100),
-                              checkpoint_every=max(1, config.steps // 5),
-                              train_decoder=not config.known_dictionary)
-    result = train.fit(config.sae, batches_at, fit_cfg, out, seed=config.seed,
+    result = train.fit(config.sae, batches_at, _fit_config(config), out, seed=config.seed,
                        init_decoder=truth.T if config.known_dictionary else None,
                        progress=progress)
     graphdef, _ = nnx.split(models.SparseAutoencoder(config.sae, rngs=nnx.Rngs(0)))
@@ -121,6 +128,8 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
     One-layer ReLU, TopK and JumpReLU SAEs are also written as a SAELens folder, DIR/saelens/.
     """
     out = pathlib.Path(out)
+    if config.activations is not None:
+        return run_activations(config, out, progress=progress)
     start = time.perf_counter()
     model, truth, test, k_eval, result = _train(config, out, progress)
     if model.config.encoder == "linear" and config.arch != "batchtopk":
@@ -129,6 +138,60 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
         export.export_saelens(model, out / "saelens", source="superjax train-sae",
                               **dataclasses.asdict(config))
     rep = {"config": dataclasses.asdict(config), **evaluate(model, truth, test, k_eval),
+           "final_train_loss": result.history[-1]["loss"] if result.history else None,
+           "resumed_from": result.resumed_from, "seconds": time.perf_counter() - start,
+           "environment": report.environment()}
+    report.write_json(out / "report.json", rep)
+    return rep
+
+
+def _fit_config(config: TrainSAEConfig) -> train.FitConfig:
+    return train.FitConfig(steps=config.steps, lam=config.lam,
+                           learning_rate=config.learning_rate,
+                           warmup_steps=min(100, config.steps // 10),
+                           log_every=max(1, config.steps // 100),
+                           checkpoint_every=max(1, config.steps // 5),
+                           train_decoder=not config.known_dictionary)
+
+
+def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool = True
+                    ) -> dict[str, Any]:
+    """Trains on an activation file (no ground truth): FVU, L0 and dead fraction on held-out rows.
+
+    The SAE trains on activations scaled to mean norm √M; the scale is folded into the saved
+    weights (DIR/saelens/), so the exported SAE takes raw activations.
+    """
+    from superjax import activations, export
+
+    start = time.perf_counter()
+    arr = activations.open_array(config.activations)
+    if arr.shape[1] != config.m:
+        raise ValueError(f"--m {config.m} does not match the activation file, whose rows have "
+                         f"M = {arr.shape[1]} (file {config.activations}, shape {arr.shape})")
+    activations.check_finite(arr)
+    test = min(config.test_samples, max(1, arr.shape[0] // 10))
+    rows = arr.shape[0] - test
+    if rows < config.batch_size:
+        raise ValueError(f"the activation file has {arr.shape[0]} rows: {rows} left for training "
+                         f"after {test} held out, fewer than one batch ({config.batch_size})")
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / "config.json", dataclasses.asdict(config))
+    batches = activations.stream(arr, rows=rows, batch_size=config.batch_size, seed=config.seed)
+    result = train.fit(config.sae, batches, _fit_config(config), out, seed=config.seed,
+                       progress=progress)
+    graphdef, _ = nnx.split(models.SparseAutoencoder(config.sae, rngs=nnx.Rngs(0)))
+    model = nnx.merge(graphdef, result.params)
+    activations.fold_scale(model, batches.scale)
+    held = jnp.asarray(np.asarray(arr[rows:], np.float32))
+    codes = model(held)
+    if config.arch != "batchtopk":
+        export.export_saelens(model, out / "saelens", source="superjax train-sae --activations",
+                              **dataclasses.asdict(config))
+    rep = {"config": dataclasses.asdict(config), "input_scale": batches.scale,
+           "train_rows": rows, "test_rows": test,
+           "fvu": float(metrics.fvu(held, codes.reconstruction)),
+           "l0": float(metrics.l0(codes.codes)),
+           "dead_fraction": float(metrics.dead_fraction(codes.codes)),
            "final_train_loss": result.history[-1]["loss"] if result.history else None,
            "resumed_from": result.resumed_from, "seconds": time.perf_counter() - start,
            "environment": report.environment()}

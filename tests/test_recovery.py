@@ -132,3 +132,11 @@ def test_bad_requests_fail_clearly():
     limited = O.Oracle.from_target(_instance(8, 16)[0], budget=50_000)
     with pytest.raises(O.QueryBudgetExceeded, match="remaining budget"):
         R.recover(limited, "fourier", jax.random.key(0), R.RecoveryConfig(budget=100_000))
+
+
+def test_small_fourier_budget_is_refused():
+    _, orc = _instance(8, 16)
+    with pytest.raises(O.QueryBudgetExceeded, match="fourier method needs at least"):
+        R.recover(orc, "fourier", jax.random.key(0), R.RecoveryConfig(budget=20_000,
+                                                                      fit_queries=10_000))
+    assert orc.queries == 0
