@@ -6,9 +6,11 @@ The light, pure API is re-exported here (no orbax, no CLI, no plotting):
 * :mod:`superjax.bounds` — compressed-sensing limits (Donoho–Tanner, coherence, RIP).
 * :mod:`superjax.sparse_coding` — ISTA/FISTA, working-set FISTA, OMP, debiasing, basis pursuit.
 * :mod:`superjax.metrics` — recovery metrics with their chance levels.
+* :mod:`superjax.oracle`, :mod:`superjax.recovery`, :mod:`superjax.ridge` — query-access recovery
+  of the directions of f(x) = Σ a_i σ_i(v_iᵀx) and reconstruction of f.
 """
 
-from superjax import bounds, data, metrics, sparse_coding
+from superjax import bounds, data, metrics, oracle, recovery, ridge, sparse_coding
 from superjax.bounds import recovery_bounds, rho_weak, statistical_dimension
 from superjax.data import Batch, DataConfig
 from superjax.sparse_coding import (
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch", "DataConfig", "OMPResult", "SparseCodingResult", "basis_pursuit", "bounds", "data",
-    "debias", "fista", "fista_fixed", "fista_working_set", "ista", "metrics", "omp",
+    "debias", "fista", "fista_fixed", "fista_working_set", "ista", "metrics", "omp", "oracle",
+    "recovery", "ridge",
     "recovery_bounds", "rho_weak", "sparse_coding", "statistical_dimension",
 ]

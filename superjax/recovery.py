@@ -262,17 +262,26 @@ def subspace_power_method(basis: Float[Array, "r d d"], key, starts: int, *, ite
 
 
 def _span(rows: Float[Array, "h p"], rank: int | None) -> tuple[Array, int, Array]:
-    """Orthonormal basis of the dominant row space; rank at the largest singular-value gap.
+    """Orthonormal basis of the dominant row space, and its rank.
 
-    Rows are vectorised symmetric d×d matrices, so the rank is searched below d(d+1)/2 (beyond
-    it the spectrum is numerically zero and its gap is meaningless).
+    Rows are vectorised symmetric d×d matrices (D = d(d+1)/2 free entries). With h > D noisy rows,
+    pure-noise singular values lie in [σ(√h − √D), σ(√h + √D)] (Marchenko–Pastur edges), and the
+    smallest symmetric one, sv[D−1], is noise unless the span is everything: the rank counts the
+    singular values above 1.05 × (√h + √D)/(√h − √D) × sv[D−1]. With h ≤ D (exact inputs, tests)
+    the rank sits at the largest ratio of consecutive singular values.
     """
     _, sv, vt = jnp.linalg.svd(rows, full_matrices=False)
     if rank is None:
-        d = int(round(np.sqrt(rows.shape[1])))
-        top = sv[: min(len(sv), d * (d + 1) // 2)]
-        ratio = np.asarray(top[:-1] / jnp.maximum(top[1:], 1e-30))
-        rank = int(np.argmax(ratio)) + 1
+        sv_np = np.asarray(sv)
+        h, dd = rows.shape
+        d = int(round(np.sqrt(dd)))
+        big_d = d * (d + 1) // 2
+        if h > 2 * big_d and len(sv_np) >= big_d:
+            edge = (np.sqrt(h) + np.sqrt(big_d)) / (np.sqrt(h) - np.sqrt(big_d))
+            rank = max(1, int(np.sum(sv_np[:big_d] > 1.05 * edge * sv_np[big_d - 1])))
+        else:
+            top = sv_np[: min(len(sv_np), big_d)]
+            rank = int(np.argmax(top[:-1] / np.maximum(top[1:], 1e-30))) + 1
     return vt[:rank], rank, sv
 
 
@@ -444,9 +453,15 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
 
 
 def recover(oracle: Oracle, method: str, key, config: RecoveryConfig = RecoveryConfig(),
-            progress: Callable[[str], None] | None = None) -> RecoveryResult:
-    """Runs one method end to end under the oracle's budget."""
+            progress: Callable[[str], None] | None = None, *, d: int | None = None
+            ) -> RecoveryResult:
+    """Runs one method end to end under the oracle's budget.
+
+    ``d``, when given, is the input dimension the caller expects; a different oracle is refused.
+    """
     _checks.one_of("method", method, METHODS)
+    if d is not None and d != oracle.d:
+        raise ValueError(f"the request is for d = {d} but the oracle takes d = {oracle.d} inputs")
     if oracle.budget is not None and oracle.remaining < config.budget:
         raise QueryBudgetExceeded(f"config.budget ({config.budget}) exceeds the oracle's remaining "
                                   f"budget ({oracle.remaining})")

@@ -124,6 +124,8 @@ def test_bad_requests_fail_clearly():
     _, orc = _instance(8, 16)
     with pytest.raises(ValueError, match="method must be one of"):
         R.recover(orc, "magic", jax.random.key(0))
+    with pytest.raises(ValueError, match="request is for d = 16 but the oracle takes d = 8"):
+        R.recover(orc, "fourier", jax.random.key(0), d=16)
     with pytest.raises(O.QueryBudgetExceeded, match="hessian method needs"):
         R.recover(orc, "hessian", jax.random.key(0), R.RecoveryConfig(budget=15_000,
                                                                       fit_queries=10_000))
