@@ -138,12 +138,15 @@ def _gap_findings(rep: dict) -> str:
 
 def recovery_section(full: bool, progress: bool) -> tuple[str, list[dict]]:
     """Query-access recovery of a ridge sum in superposition: Fourier search vs Hessian span."""
-    cells = ([(16, 16), (16, 32), (16, 64), (8, 64)] if full else [(8, 16)])
+    cells = [(16, 16), (16, 32), (16, 64), (8, 64)] if full else [(6, 12)]
     say = (lambda line: print(line, flush=True)) if progress else None
     rows, table = [], []
     for d, n in cells:
         for method in ("fourier", "hessian"):
-            budget = (400_000 if d > 8 else 200_000) if method == "fourier" else 1_000_000
+            if full:
+                budget = (400_000 if d > 8 else 200_000) if method == "fourier" else 1_000_000
+            else:
+                budget = 80_000 if method == "fourier" else 120_000
             cfg = recovery_study.RecoverConfig(d=d, n=n, method=method, budget=budget, seed=0)
             rep = recovery_study.run(cfg, progress=say)
             rows.append(rep)
@@ -173,8 +176,8 @@ def recovery_section(full: bool, progress: bool) -> tuple[str, list[dict]]:
             + f"\n\nBest recovery rate: Fourier {best['fourier']:.2f} with as few as "
             f"{queries['fourier']} queries, Hessian {best['hessian']:.2f} with "
             f"{queries['hessian']}.\n\n"
-            "Reproduce a row: `superjax recover --d 8 --n 16 --method fourier --budget 200000 "
-            "--seed 0 --out DIR`; the full grid: "
+            f"Reproduce a row: `superjax recover --d {cells[0][0]} --n {cells[0][1]} --method "
+            f"fourier --budget {rows[0]['queries']} --seed 0 --out DIR`; the full grid: "
             "`python experiments/recovery_vs_overcompleteness.py --full`.\n")
     return text, rows
 

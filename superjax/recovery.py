@@ -267,7 +267,8 @@ def _span(rows: Float[Array, "h p"], rank: int | None) -> tuple[Array, int, Arra
     Rows are vectorised symmetric d×d matrices (D = d(d+1)/2 free entries). With h > D noisy rows,
     pure-noise singular values lie in [σ(√h − √D), σ(√h + √D)] (Marchenko–Pastur edges), and the
     smallest symmetric one, sv[D−1], is noise unless the span is everything: the rank counts the
-    singular values above 1.05 × (√h + √D)/(√h − √D) × sv[D−1]. With h ≤ D (exact inputs, tests)
+    singular values above 1.05 × (√h + √D)/(√h − √D) × sv[D−1], then cuts at the largest drop in
+    the top quarter below that count. With h ≤ 2D (exact inputs, tests)
     the rank sits at the largest ratio of consecutive singular values.
     """
     _, sv, vt = jnp.linalg.svd(rows, full_matrices=False)
@@ -278,7 +279,12 @@ def _span(rows: Float[Array, "h p"], rank: int | None) -> tuple[Array, int, Arra
         big_d = d * (d + 1) // 2
         if h > 2 * big_d and len(sv_np) >= big_d:
             edge = (np.sqrt(h) + np.sqrt(big_d)) / (np.sqrt(h) - np.sqrt(big_d))
-            rank = max(1, int(np.sum(sv_np[:big_d] > 1.05 * edge * sv_np[big_d - 1])))
+            r_mp = max(1, int(np.sum(sv_np[:big_d] > 1.05 * edge * sv_np[big_d - 1])))
+            # Finite-difference errors are not i.i.d., so the edge count can include a few noise
+            # directions: take the sharpest drop among the top quarter below it.
+            lo = max(1, r_mp - r_mp // 4)
+            ratio = sv_np[lo - 1:r_mp] / np.maximum(sv_np[lo:r_mp + 1], 1e-30)
+            rank = lo + int(np.argmax(ratio))
         else:
             top = sv_np[: min(len(sv_np), big_d)]
             rank = int(np.argmax(top[:-1] / np.maximum(top[1:], 1e-30))) + 1

@@ -25,6 +25,6 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
     rec = results["recovery"]
     assert "## 4. Query-access recovery" in text and len(rec) == 2
     for r in rec:
-        # d = 8, n = 16 (n/d = 2): both methods recover every direction with no false ones.
+        # d = 6, n = 12 (n/d = 2): both methods recover the directions with no false ones.
         assert r["recovery_rate_099"] >= 0.9 and r["false_directions"] == 0, r
         assert r["f_rel_mse"] < 1e-2 and f"{r['f_rel_mse']:.1e}" in text

@@ -99,6 +99,7 @@ def test_methods_recover_an_overcomplete_target(method, budget):
     assert res.queries <= budget
 
 
+@pytest.mark.slow
 def test_hermite_and_student_recover_an_undercomplete_target():
     target, orc = _instance(6, 5, responses="tanh")
     # tanh(αz + b) has a strong third Hermite coefficient: order 3 + Jennrich applies (n ≤ d).
