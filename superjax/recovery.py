@@ -19,8 +19,8 @@ refined jointly with them, and directions whose fitted response carries no varia
 * ``hermite`` — E[f(x) He_4(x)] = Σ a_i c_4(σ_i) v_i^{⊗4}, unfolded d²×d², its column span, and
   the same subspace power method (n up to ≈ d²/2); or order 3 with Jennrich's simultaneous
   diagonalisation (n ≤ d).
-* ``student`` — a two-layer ReLU network of width ≥ 4n fitted to the queries; its unit directions
-  are clustered up to sign.
+* ``student`` — a two-layer ReLU network (width_factor · 4d units; n is unknown to the method)
+  fitted to the queries; its unit directions are clustered up to sign.
 """
 
 from __future__ import annotations
@@ -94,7 +94,9 @@ class RecoveryConfig:
         _checks.real_number("h", self.h, minimum=0.0, strict_min=True)
         _checks.positive_int("starts", self.starts)
         _checks.positive_int("rounds", self.rounds)
-        _checks.one_of("hermite_order", str(self.hermite_order), ("3", "4"))
+        if self.hermite_order not in (3, 4):
+            raise ValueError(f"hermite_order must be 3 or 4, got {self.hermite_order!r}")
+        _checks.positive_int("width_factor", self.width_factor)
 
 
 # ----------------------------------------------------------------------------- Fourier estimators
@@ -398,10 +400,9 @@ def student(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
             width: int | None = None, steps: int = 4000):
     """Candidate directions from a two-layer ReLU network fitted to the same kind of queries."""
     d = oracle.d
-    kq, ki = jax.random.split(key)
+    kq, kw, kb, kc, korder = jax.random.split(key, 5)
     x, y = _fit_queries(oracle, kq, config.budget - config.fit_queries, config.scale)
     width = width or config.width_factor * 4 * d
-    kw, kb, kc = jax.random.split(ki, 3)
     params = {"w": jax.random.normal(kw, (width, d)) / jnp.sqrt(d),
               "b": jax.random.normal(kb, (width,)) * config.scale,
               "c": jax.random.normal(kc, (width,)) / jnp.sqrt(width), "lin": jnp.zeros(d),
@@ -418,7 +419,7 @@ def student(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
     def train(params):
         def body(carry, i):
             p, state = carry
-            idx = jax.random.randint(jax.random.fold_in(key, i), (4096,), 0, x.shape[0])
+            idx = jax.random.randint(jax.random.fold_in(korder, i), (4096,), 0, x.shape[0])
             g = jax.grad(loss)(p, x[idx], y[idx])
             upd, state = tx.update(g, state, p)
             return (optax.apply_updates(p, upd), state), None
