@@ -63,8 +63,57 @@ def phase_transition(results: list[dict[str, Any]], path: str | pathlib.Path) ->
                      title="success vs ρ (dashed: ρ_W(δ); line: logistic fit)")
         ax_curve.legend(fontsize=8)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: str | pathlib.Path) -> pathlib.Path:
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
+
+
+def feature_density(densities: dict[str, Any], path: str | pathlib.Path) -> pathlib.Path:
+    """Histogram of log10 firing frequency per unit, one series per name (dead units at left)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    floor = -6.0
+    bins = np.linspace(floor - 0.25, 0.0, 26)
+    for name, dens in densities.items():
+        dens = np.asarray(dens, np.float64)
+        logd = np.where(dens > 0, np.log10(np.maximum(dens, 1e-300)), floor)
+        dead = int(np.sum(dens == 0))
+        ax.hist(np.maximum(logd, floor), bins=bins, alpha=0.6,
+                label=f"{name} ({len(dens)} units, {dead} dead)")
+    ax.set(xlabel=f"log10 firing frequency (dead units at {floor:g})", ylabel="units",
+           title="feature density on held-out samples")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def top_inputs(images, activations, units, path: str | pathlib.Path, title: str,
+               per_unit: int = 8) -> pathlib.Path:
+    """One row per unit: its ``per_unit`` top-activating images (those with activation > 0), with
+    the activation above each."""
+    plt = _pyplot()
+    images, activations = np.asarray(images), np.asarray(activations)
+    units = list(np.asarray(units).ravel())
+    rows = max(1, len(units))
+    fig, axes = plt.subplots(rows, per_unit, figsize=(1.1 * per_unit, 1.25 * rows + 0.5),
+                             squeeze=False)
+    for row, unit in zip(axes, units + [None] * (rows - len(units)), strict=True):
+        top = [] if unit is None else [
+            i for i in np.argsort(-activations[:, unit])[:per_unit] if activations[i, unit] > 0]
+        for j, ax in enumerate(row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j < len(top):
+                ax.imshow(images[top[j]], cmap="gray_r")
+                ax.set_title(f"{activations[top[j], unit]:.2f}", fontsize=7)
+        if unit is not None:
+            row[0].set_ylabel(f"#{unit}", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -105,20 +105,30 @@ def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool):
     k_dict, k_train, k_test, k_order, k_eval = jax.random.split(jax.random.key(config.seed), 5)
     truth = data.make_dictionary(k_dict, dcfg)
     train_set = data.sample_batch(k_train, truth, dcfg, config.samples).y
+    model, result = fit_rows(config.sae, train_set, _fit_config(config), out, seed=config.seed,
+                             order_key=k_order, batch_size=config.batch_size,
+                             init_decoder=truth.T if config.known_dictionary else None,
+                             progress=progress)
+    test = data.sample_batch(k_test, truth, dcfg, config.test_samples)
+    return model, truth, test, k_eval, result
+
+
+def fit_rows(sae: models.SAEConfig, rows, fit_config: train.FitConfig,
+             out: pathlib.Path | None = None, *, seed: int, order_key, batch_size: int,
+             init_decoder=None, progress: bool = True
+             ) -> tuple[models.SparseAutoencoder, train.FitResult]:
+    """Trains an SAE on an in-memory array; the batch of step s is drawn from fold_in(key, s)."""
 
     @jax.jit
     def batches_at(step):
-        idx = jax.random.randint(jax.random.fold_in(k_order, step), (config.batch_size,), 0,
-                                 config.samples)
-        return train_set[idx]
+        idx = jax.random.randint(jax.random.fold_in(order_key, step), (batch_size,), 0,
+                                 rows.shape[0])
+        return rows[idx]
 
-    result = train.fit(config.sae, batches_at, _fit_config(config), out, seed=config.seed,
-                       init_decoder=truth.T if config.known_dictionary else None,
+    result = train.fit(sae, batches_at, fit_config, out, seed=seed, init_decoder=init_decoder,
                        progress=progress)
-    graphdef, _ = nnx.split(models.SparseAutoencoder(config.sae, rngs=nnx.Rngs(0)))
-    model = nnx.merge(graphdef, result.params)
-    test = data.sample_batch(k_test, truth, dcfg, config.test_samples)
-    return model, truth, test, k_eval, result
+    graphdef, _ = nnx.split(models.SparseAutoencoder(sae, rngs=nnx.Rngs(0)))
+    return nnx.merge(graphdef, result.params), result
 
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True

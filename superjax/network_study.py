@@ -1,0 +1,352 @@
+"""From networks to features: the three-step argument of sparse-recovery.md §6, runnable.
+
+1. ``identifiability``: a classifier trained on a synthetic world with known sparse latents
+   represents them linearly when it has enough neurons (M ≥ N), and in superposition when it has
+   fewer; additivity holds over disjoint supports.
+2. SAEs on the representation lift the latents out of superposition (latent MCC against the truth).
+3. The intrusion test scores SAE latents against single neurons and random directions.
+
+``real_network`` does steps 2 and 3 on a real network: a classifier trained on a dataset that
+ships inside scikit-learn (default: the 8×8 handwritten digits), with the images as the judge.
+
+When the classifier does not learn (test accuracy within a quarter of the way from chance to the
+reference), the report says so and gives no downstream numbers: they would be meaningless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from superjax import _checks, interpret, metrics, models, networks, report, sae_study, train, world
+
+DATASETS = ("digits", "iris", "wine", "breast_cancer")
+SAE_ARCHS = ("topk", "relu")
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentifiabilityConfig:
+    """One identifiability run (see :mod:`superjax.world` for the world's parameters).
+
+    Attributes:
+      latents, neurons, k: N latents, M neurons in the representation, K active latents.
+      samples, test_samples: training and held-out set sizes.
+      classifier_steps, sae_steps: optimisation steps.
+      lam: L1 coefficient of the ReLU SAE (on inputs scaled to mean norm √M).
+      classes, sharpness: the world's label process (see :class:`superjax.world.WorldConfig`).
+      seed: world, data, classifier and SAEs.
+    """
+
+    latents: int = 64
+    neurons: int = 64
+    k: int = 4
+    samples: int = 32768
+    test_samples: int = 4096
+    classifier_steps: int = 4000
+    sae_steps: int = 3000
+    lam: float = 0.1
+    classes: int | None = None
+    sharpness: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        self.world  # validates latents and k
+        _checks.positive_int("neurons", self.neurons, maximum=world.MAX_LATENTS)
+        _checks.positive_int("samples", self.samples, minimum=1024)
+        _checks.positive_int("test_samples", self.test_samples, minimum=256)
+        _checks.positive_int("classifier_steps", self.classifier_steps)
+        _checks.positive_int("sae_steps", self.sae_steps)
+        _checks.real_number("lam", self.lam, minimum=0.0)
+        _checks.positive_int("seed", self.seed, minimum=0)
+
+    @property
+    def world(self) -> world.WorldConfig:
+        return world.WorldConfig(latents=self.latents, k=self.k, classes=self.classes,
+                                 sharpness=self.sharpness, seed=self.seed)
+
+
+def classifier_status(accuracy: float, chance: float, reference: float) -> tuple[bool, str]:
+    """Whether the classifier learned: accuracy at least a quarter of the way from chance."""
+    threshold = chance + 0.25 * (reference - chance)
+    if accuracy >= threshold:
+        return True, "ok"
+    return False, (f"the classifier did not learn: test accuracy {accuracy:.3f} against chance "
+                   f"{chance:.3f} (needs {threshold:.3f}); the representation carries no "
+                   "learned structure, so no downstream metric is reported. Train longer, "
+                   "change the learning rate, or use more samples.")
+
+
+def _standardise(train_rows, *others):
+    """Centres on the training mean and scales to mean norm √M (the SAE input convention)."""
+    mean = train_rows.mean(0)
+    scale = jnp.sqrt(train_rows.shape[1]) / jnp.mean(jnp.linalg.norm(train_rows - mean, axis=1))
+    return tuple((a - mean) * scale for a in (train_rows, *others))
+
+
+def _train_saes(y_train, *, latents: int, k: int, lam: float, steps: int, seed: int,
+                out: pathlib.Path, progress: bool) -> dict[str, models.SparseAutoencoder]:
+    fit = train.FitConfig(steps=steps, lam=lam, learning_rate=3e-3,
+                          warmup_steps=min(100, steps // 10), log_every=max(1, steps // 100),
+                          checkpoint_every=max(1, steps // 5))
+    saes = {}
+    for i, arch in enumerate(SAE_ARCHS):
+        sae = models.SAEConfig(d_in=y_train.shape[1], d_sae=latents, activation=arch,
+                               k=min(k, latents) if arch == "topk" else 0)
+        saes[arch], _ = sae_study.fit_rows(
+            sae, y_train, fit, out / f"sae_{arch}", seed=seed,
+            order_key=jax.random.fold_in(jax.random.key(seed), 100 + i),
+            batch_size=min(1024, y_train.shape[0]), progress=progress)
+    return saes
+
+
+def _intrusion_scores(key, codes, y, judge, k: int = 5, window: int = 1
+                      ) -> dict[str, float | None]:
+    """Intrusion accuracy of SAE latents, single neurons and random directions of y."""
+    k_dirs, k_a, k_b, k_c = jax.random.split(key, 4)
+    window = max(1, min(window, codes.shape[0] // (2 * k)))
+    directions = jax.random.normal(k_dirs, (y.shape[1], codes.shape[1]))
+    scores = {"intrusion_accuracy": interpret.intrusion(k_a, codes, judge, k, window),
+              "neuron_intrusion_accuracy": interpret.intrusion(k_b, y, judge, k, window),
+              "random_intrusion_accuracy": interpret.intrusion(k_c, y @ directions, judge, k,
+                                                               window)}
+    out = {name: _float(r.accuracy) for name, r in scores.items()}
+    out["intrusion_chance"] = 1.0 / (k + 1)
+    out["intrusion_units_scored"] = int(scores["intrusion_accuracy"].valid.sum())
+    return out
+
+
+def _float(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
+                    progress: bool = True) -> dict[str, Any]:
+    """Trains the classifier on the synthetic world and writes DIR/report.json."""
+    from superjax import bounds
+
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    wcfg = config.world
+    w = world.make_world(wcfg)
+    k_train, k_test, k_pairs, k_eval = jax.random.split(jax.random.key(config.seed + 1), 4)
+    tr = world.sample(k_train, w, wcfg, config.samples)
+    te = world.sample(k_test, w, wcfg, config.test_samples)
+    ccfg = networks.ClassifierConfig(d_in=wcfg.d, classes=wcfg.c, neurons=config.neurons,
+                                     steps=config.classifier_steps, seed=config.seed)
+    net = networks.train(ccfg, tr.x, tr.labels, progress=progress).model
+    test_out = networks.apply(net, te.x)
+    acc = networks.accuracy(test_out.logits, te.labels)
+    bayes = networks.accuracy(te.logits, te.labels)
+    chance = float(jnp.max(jnp.bincount(te.labels, length=wcfg.c)) / te.labels.shape[0])
+    ok, status = classifier_status(acc, chance, bayes)
+    rep: dict[str, Any] = {
+        "config": dataclasses.asdict(config), "world": dataclasses.asdict(wcfg),
+        "ambient": wcfg.d, "classes": wcfg.c, "status": status, "accuracy": acc,
+        "bayes_accuracy": bayes, "chance_accuracy": chance,
+        "superposition": config.neurons < config.latents,
+    }
+    if config.neurons <= config.latents:
+        b = bounds.recovery_bounds(config.neurons, config.latents, config.k, False)
+        rep["l1_recoverable"] = bool(b.recoverable)
+        rep["rho_over_rho_weak"] = float(b.rho / b.rho_weak)
+    if ok:
+        y_train = networks.apply(net, tr.x[:16384]).representation
+        y_test = test_out.representation
+        y0 = networks.apply(net, world.generate(w, jnp.zeros((1, wcfg.latents)))).representation
+        z_a, z_b = world.disjoint_pairs(k_pairs, wcfg, 1024)
+        reps = [networks.apply(net, world.generate(w, zz)).representation
+                for zz in (z_a, z_b, z_a + z_b)]
+        add = interpret.additivity(y0[0], *reps)
+        rep.update({
+            "linear_r2": float(interpret.linear_r2(y_train, tr.z[:16384], y_test, te.z)),
+            "linear_r2_ceiling": float(interpret.linear_r2_ceiling(te.z, config.neurons)),
+            "additivity_cos": float(add.cos), "additivity_residual": float(add.residual),
+            "null_additivity_cos": float(add.null_cos),
+            "null_additivity_residual": float(add.null_residual),
+            "neuron_latent_mcc": float(metrics.latent_mcc(te.z, y_test)),
+        })
+        y_train_s, y_test_s = _standardise(networks.apply(net, tr.x).representation, y_test)
+        saes = _train_saes(y_train_s, latents=config.latents, k=config.k, lam=config.lam,
+                           steps=config.sae_steps, seed=config.seed, out=out,
+                           progress=progress)
+        per_arch = {}
+        for arch, sae in saes.items():
+            o = sae(y_test_s)
+            per_arch[arch] = {"latent_mcc": float(metrics.latent_mcc(te.z, o.codes)),
+                              "fvu": float(metrics.fvu(y_test_s, o.reconstruction)),
+                              "l0": float(metrics.l0(o.codes)),
+                              "dead_fraction": float(metrics.dead_fraction(o.codes))}
+        best = max(per_arch, key=lambda a: per_arch[a]["latent_mcc"])
+        codes = saes[best](y_test_s).codes
+        rep.update({
+            "sae": per_arch, "sae_best": best,
+            "sae_latent_mcc": per_arch[best]["latent_mcc"],
+            "sae_latent_mcc_chance": float(metrics.latent_mcc_chance(k_eval, te.z, codes)),
+            **_intrusion_scores(k_eval, codes, y_test_s, te.z, window=4),
+        })
+    rep.update({"seconds": time.perf_counter() - start, "environment": report.environment()})
+    report.write_json(out / "report.json", rep)
+    return rep
+
+
+# ---------------------------------------------------------------------------------------------
+# A real network on a bundled dataset.
+
+
+class Dataset:
+    """Inputs standardised per feature, integer labels, and the images when there are some."""
+
+    def __init__(self, name: str, samples: int | None = None, seed: int = 0):
+        from sklearn import datasets
+
+        _checks.one_of("dataset", name, DATASETS)
+        bunch = getattr(datasets, f"load_{name}")()
+        x = np.asarray(bunch.data, np.float32)
+        labels = np.asarray(bunch.target, np.int32)
+        images = np.asarray(bunch.images, np.float32) if name == "digits" else None
+        if samples is not None:
+            _checks.positive_int("samples", samples, maximum=x.shape[0])
+            keep = np.sort(np.random.default_rng(seed).permutation(x.shape[0])[:samples])
+            x, labels = x[keep], labels[keep]
+            images = images[keep] if images is not None else None
+        self.name, self.x, self.labels, self.images = name, x, labels, images
+        self.classes = int(bunch.target.max()) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RealNetworkConfig:
+    """One real-network run.
+
+    Attributes:
+      dataset: one of ``DATASETS`` (scikit-learn's bundled data; no download).
+      samples: use this many samples (default all); test_fraction of them are held out.
+      neurons: width M of the ReLU hidden layer whose activations the SAE reads.
+      latents, k: SAE width and TopK k.
+      classifier_steps, sae_steps: optimisation steps. seed: split, networks, SAE.
+    """
+
+    dataset: str = "digits"
+    samples: int | None = None
+    test_fraction: float = 0.25
+    neurons: int = 64
+    latents: int = 128
+    k: int = 4
+    classifier_steps: int = 2000
+    sae_steps: int = 3000
+    seed: int = 0
+
+    def __post_init__(self):
+        _checks.one_of("dataset", self.dataset, DATASETS)
+        _checks.real_number("test_fraction", self.test_fraction, minimum=0.0, maximum=1.0,
+                            strict_min=True, strict_max=True)
+        _checks.positive_int("neurons", self.neurons, maximum=world.MAX_LATENTS)
+        _checks.positive_int("latents", self.latents, maximum=64 * world.MAX_LATENTS)
+        _checks.sparsity(self.k, self.latents, n_name="latents")
+        _checks.positive_int("classifier_steps", self.classifier_steps)
+        _checks.positive_int("sae_steps", self.sae_steps)
+        _checks.positive_int("seed", self.seed, minimum=0)
+
+
+def split(n: int, test_fraction: float, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test indices; raises a clear error when either side is too small to be useful."""
+    test = int(round(n * test_fraction))
+    train_rows = n - test
+    need_train, need_test = max(50, 5 * classes), max(30, 3 * classes)
+    if train_rows < need_train or test < need_test:
+        raise ValueError(f"{n} samples with test_fraction {test_fraction:g} give {train_rows} "
+                         f"training and {test} test samples; this study needs at least "
+                         f"{need_train} and {need_test} ({classes} classes). Use more samples or "
+                         "another test fraction.")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[test:]), np.sort(perm[:test])
+
+
+def real_network(config: RealNetworkConfig, out: str | pathlib.Path, *,
+                 progress: bool = True) -> dict[str, Any]:
+    """Classifier → hidden activations → TopK SAE → FVU, L0, intrusion, purity, figures.
+
+    Writes DIR/report.json, DIR/activations.npy (every sample's hidden activations, training rows
+    first, for ``superjax train-sae --activations``), DIR/labels.npy, DIR/feature_density.png and,
+    for image data, DIR/top_inputs_sae.png and DIR/top_inputs_neurons.png.
+    """
+    from superjax import plots
+
+    out = pathlib.Path(out)
+    start = time.perf_counter()
+    ds = Dataset(config.dataset, config.samples, config.seed)
+    train_idx, test_idx = split(ds.x.shape[0], config.test_fraction, ds.classes, config.seed)
+    mu, sd = ds.x[train_idx].mean(0), ds.x[train_idx].std(0)
+    x = jnp.asarray((ds.x - mu) / np.where(sd > 0, sd, 1.0))
+    labels = jnp.asarray(ds.labels)
+    out.mkdir(parents=True, exist_ok=True)
+    ccfg = networks.ClassifierConfig(d_in=x.shape[1], classes=ds.classes, neurons=config.neurons,
+                                     hidden=(128,), representation="relu",
+                                     steps=config.classifier_steps, batch_size=128,
+                                     weight_decay=1e-3, seed=config.seed)
+    net = networks.train(ccfg, x[train_idx], labels[train_idx], progress=progress).model
+    full = networks.apply(net, x)
+    acc = networks.accuracy(full.logits[test_idx], labels[test_idx])
+    chance = float(np.bincount(ds.labels[test_idx]).max() / len(test_idx))
+    ok, status = classifier_status(acc, chance, 1.0)
+    rep: dict[str, Any] = {"config": dataclasses.asdict(config), "status": status,
+                           "accuracy": acc, "chance_accuracy": chance,
+                           "train_samples": len(train_idx), "test_samples": len(test_idx)}
+    if ok:
+        acts = np.asarray(full.representation)
+        np.save(out / "activations.npy", np.concatenate([acts[train_idx], acts[test_idx]]))
+        np.save(out / "labels.npy", np.concatenate([ds.labels[train_idx], ds.labels[test_idx]]))
+        y_train, y_test = _standardise(full.representation[train_idx],
+                                       full.representation[test_idx])
+        fit = train.FitConfig(steps=config.sae_steps, learning_rate=3e-3,
+                              warmup_steps=min(100, config.sae_steps // 10),
+                              log_every=max(1, config.sae_steps // 100),
+                              checkpoint_every=max(1, config.sae_steps // 5))
+        sae_cfg = models.SAEConfig(d_in=config.neurons, d_sae=config.latents, activation="topk",
+                                   k=config.k)
+        sae, _ = sae_study.fit_rows(sae_cfg, y_train, fit, out / "sae", seed=config.seed,
+                                    order_key=jax.random.key(config.seed + 7),
+                                    batch_size=min(256, y_train.shape[0]), progress=progress)
+        o = sae(y_test)
+        judge = x[test_idx]  # the inputs (pixels), standardised
+        key = jax.random.key(config.seed + 11)
+        directions = jax.random.normal(key, (config.neurons, config.latents))
+        units = {"sae": o.codes, "neurons": y_test, "random": y_test @ directions}
+        test_labels = labels[test_idx]
+        purity = {name: interpret.label_purity(a, test_labels, ds.classes, k=10)
+                  for name, a in units.items()}
+        density = {name: interpret.feature_density(a) for name, a in units.items()
+                   if name != "random"}
+        alive = density["sae"] > 0
+        rep.update({
+            "fvu": float(metrics.fvu(y_test, o.reconstruction)),
+            "l0": float(metrics.l0(o.codes)),
+            "dead_fraction": float(metrics.dead_fraction(o.codes)),
+            "neuron_dead_fraction": float(metrics.dead_fraction(y_test)),
+            **_intrusion_scores(key, o.codes, y_test, judge, window=4),
+            "label_purity": float(jnp.mean(purity["sae"][alive])) if alive.any() else None,
+            "neuron_label_purity": float(jnp.mean(purity["neurons"])),
+            "random_label_purity": float(jnp.mean(purity["random"])),
+            "purity_chance": chance,
+        })
+        plots.feature_density({"SAE latents": density["sae"], "neurons": density["neurons"]},
+                              out / "feature_density.png")
+        if ds.images is not None:
+            images = ds.images[test_idx]
+            chosen = np.flatnonzero(np.asarray(alive))
+            chosen = np.random.default_rng(config.seed).permutation(chosen)[:12]
+            plots.top_inputs(images, np.asarray(o.codes), chosen, out / "top_inputs_sae.png",
+                             "SAE latents (random alive ones): top-activating test digits")
+            plots.top_inputs(images, np.asarray(y_test), np.arange(min(12, config.neurons)),
+                             out / "top_inputs_neurons.png",
+                             "single neurons: top-activating test digits")
+    rep.update({"seconds": time.perf_counter() - start, "environment": report.environment()})
+    report.write_json(out / "report.json", rep)
+    return rep
