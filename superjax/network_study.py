@@ -56,7 +56,7 @@ class IdentifiabilityConfig:
     seed: int = 0
 
     def __post_init__(self):
-        self.world  # validates latents and k
+        _ = self.world  # validates latents, k, classes and sharpness
         _checks.positive_int("neurons", self.neurons, maximum=world.MAX_LATENTS)
         _checks.positive_int("samples", self.samples, minimum=1024)
         _checks.positive_int("test_samples", self.test_samples, minimum=256)

@@ -28,3 +28,16 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
         # d = 6, n = 12 (n/d = 2): both methods recover the directions with no false ones.
         assert r["recovery_rate_099"] >= 0.9 and r["false_directions"] == 0, r
         assert r["f_rel_mse"] < 1e-2 and f"{r['f_rel_mse']:.1e}" in text
+    net = results["networks"]
+    assert "## 5. From networks to features" in text
+    full, sup = net["identifiability"]
+    assert full["status"] == sup["status"] == "ok"
+    # M = N: the representation is linear in the latents; M = N/2: superposition, where linear
+    # decoding is capped but the SAE still lifts the latents out.
+    assert full["linear_r2"] > 0.7 and sup["linear_r2"] <= sup["linear_r2_ceiling"] + 0.02
+    assert sup["sae_latent_mcc"] > sup["neuron_latent_mcc"] + 0.3
+    assert f"{sup['sae_latent_mcc']:.3f}" in text
+    digits = net["digits"]
+    assert digits["status"] == "ok" and digits["accuracy"] > 0.9
+    assert (out / "digits" / "top_inputs_sae.png").stat().st_size > 10_000
+    assert "![SAE latents](digits/top_inputs_sae.png)" in text
