@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lam", type=float, default=0.1, help="L1 / L0 coefficient")
     s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     s.add_argument("--signed", action="store_true", help="signed codes (default non-negative)")
+    s.add_argument("--auxk", type=int, default=0,
+                   help="AuxK: dead latents that reconstruct the residual (Gao et al. use M/2; "
+                        "default 0 = off)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--activations", default=None,
                    help="train on this .npy/.safetensors file of activations (samples, M) instead "
@@ -123,6 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--neurons", type=int, default=64, help="hidden ReLU neurons M")
     c.add_argument("--latents", type=int, default=128, help="SAE width")
     c.add_argument("--k", type=int, default=4, help="TopK k")
+    c.add_argument("--auxk", type=int, default=None,
+                   help="AuxK dead latents (default M/2; 0 = off)")
     c.add_argument("--classifier-steps", type=int, default=2000)
     c.add_argument("--sae-steps", type=int, default=3000)
     c.add_argument("--seed", type=int, default=0)
@@ -169,7 +174,7 @@ def _train_sae(args) -> None:
         m=args.m, n=args.n, k=args.k, arch=args.arch, latents=args.latents, sae_k=args.sae_k,
         known_dictionary=args.known_dictionary, samples=args.samples, steps=args.steps,
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
-        seed=args.seed, activations=args.activations)
+        seed=args.seed, activations=args.activations, k_aux=args.auxk)
     _writable(args.out)
     rep = sae_study.run(config, args.out, progress=not args.quiet)
     keys = ("latent_mcc", "latent_mcc_chance", "dict_recovery_rate", "dict_mean_cos",
@@ -243,7 +248,7 @@ def _classifier_sae(args) -> None:
 
     config = network_study.RealNetworkConfig(
         dataset=args.dataset, samples=args.samples, test_fraction=args.test_fraction,
-        neurons=args.neurons, latents=args.latents, k=args.k,
+        neurons=args.neurons, latents=args.latents, k=args.k, k_aux=args.auxk,
         classifier_steps=args.classifier_steps, sae_steps=args.sae_steps, seed=args.seed)
     _writable(args.out)
     rep = network_study.real_network(config, args.out, progress=not args.quiet)

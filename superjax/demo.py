@@ -257,9 +257,9 @@ def _network_findings(ident: list[dict]) -> str:
 def _digits_text(rep: dict, cfg) -> str:
     head = (f"**A real network.** An MLP (64 → 128 → {cfg.neurons} ReLU neurons → 10) trained "
             "on scikit-learn's bundled 8×8 handwritten digits; a TopK SAE "
-            f"({cfg.latents} latents, k = {cfg.k}) on its hidden activations. Intrusion uses the "
-            "pixels as the judge; purity is the share of a unit's top-10 test digits that carry "
-            "its most common label.\n\n")
+            f"({cfg.latents} latents, k = {cfg.k}, AuxK) on its hidden activations. Intrusion "
+            "uses the pixels as the judge; purity is the share of a unit's top-10 test digits "
+            "that carry its most common label.\n\n")
     repro = (f"\n\nReproduce: `superjax classifier-sae --dataset digits --classifier-steps "
              f"{cfg.classifier_steps} --sae-steps {cfg.sae_steps} --out DIR` (it also writes "
              "DIR/activations.npy, which `superjax train-sae --activations` reads).\n")
@@ -279,9 +279,11 @@ def _digits_text(rep: dict, cfg) -> str:
     gain = rep["intrusion_accuracy"] - rep["neuron_intrusion_accuracy"]
     finding = (f"\n\nSAE latents pass the intrusion test {gain:+.2f} more often than single "
                f"neurons ({rep['intrusion_units_scored']} latents fire on enough test digits to "
-               f"be scored). {100 * rep['dead_fraction']:.0f} % of the latents never fire on the "
-               f"{rep['test_samples']} test digits: with {rep['train_samples']} training rows "
-               "this is a small-data SAE, and the dead fraction is its main limit here.")
+               f"be scored); their label purity differs by "
+               f"{rep['label_purity'] - rep['neuron_label_purity']:+.2f}. With AuxK "
+               f"(k_aux = {cfg.aux}), {100 * rep['dead_fraction']:.0f} % of the latents never "
+               f"fire on the {rep['test_samples']} test digits ({rep['train_samples']} training "
+               "rows: a small-data SAE).")
     figures = ("\n\n![SAE latents](digits/top_inputs_sae.png)\n\n"
                "![neurons](digits/top_inputs_neurons.png)\n\n"
                "![feature density](digits/feature_density.png)")

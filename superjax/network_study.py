@@ -230,6 +230,7 @@ class RealNetworkConfig:
       samples: use this many samples (default all); test_fraction of them are held out.
       neurons: width M of the ReLU hidden layer whose activations the SAE reads.
       latents, k: SAE width and TopK k.
+      k_aux: AuxK against dead latents (default M/2, as Gao et al.; 0 turns it off).
       classifier_steps, sae_steps: optimisation steps. seed: split, networks, SAE.
     """
 
@@ -239,6 +240,7 @@ class RealNetworkConfig:
     neurons: int = 64
     latents: int = 128
     k: int = 4
+    k_aux: int | None = None
     classifier_steps: int = 2000
     sae_steps: int = 3000
     seed: int = 0
@@ -250,9 +252,15 @@ class RealNetworkConfig:
         _checks.positive_int("neurons", self.neurons, maximum=world.MAX_LATENTS)
         _checks.positive_int("latents", self.latents, maximum=64 * world.MAX_LATENTS)
         _checks.sparsity(self.k, self.latents, n_name="latents")
+        if self.k_aux is not None:
+            _checks.positive_int("k_aux", self.k_aux, minimum=0, maximum=self.latents)
         _checks.positive_int("classifier_steps", self.classifier_steps)
         _checks.positive_int("sae_steps", self.sae_steps)
         _checks.positive_int("seed", self.seed, minimum=0)
+
+    @property
+    def aux(self) -> int:
+        return self.k_aux if self.k_aux is not None else min(self.neurons // 2, self.latents)
 
 
 def split(n: int, test_fraction: float, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -308,7 +316,8 @@ def real_network(config: RealNetworkConfig, out: str | pathlib.Path, *,
         fit = train.FitConfig(steps=config.sae_steps, learning_rate=3e-3,
                               warmup_steps=min(100, config.sae_steps // 10),
                               log_every=max(1, config.sae_steps // 100),
-                              checkpoint_every=max(1, config.sae_steps // 5))
+                              checkpoint_every=max(1, config.sae_steps // 5),
+                              k_aux=config.aux, dead_window=8192)
         sae_cfg = models.SAEConfig(d_in=config.neurons, d_sae=config.latents, activation="topk",
                                    k=config.k)
         sae, _ = sae_study.fit_rows(sae_cfg, y_train, fit, out / "sae", seed=config.seed,

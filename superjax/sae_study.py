@@ -41,6 +41,7 @@ class TrainSAEConfig:
       activations: a .npy/.safetensors file of real activations (samples, M) to train on instead
         of synthetic data; N is then the SAE width and K the TopK k. The last ``test_samples``
         rows (at most 10 %) are held out for evaluation.
+      k_aux: AuxK against dead latents (see :class:`superjax.train.FitConfig`); 0 turns it off.
     """
 
     m: int
@@ -59,6 +60,7 @@ class TrainSAEConfig:
     signed: bool = False
     seed: int = 0
     activations: str | None = None
+    k_aux: int = 0
 
     def __post_init__(self):
         data.DataConfig(m=self.m, n=self.n, k=self.k)  # validates m, n, k
@@ -76,6 +78,7 @@ class TrainSAEConfig:
         _checks.real_number("lam", self.lam, minimum=0.0)
         _checks.real_number("learning_rate", self.learning_rate, minimum=0.0, strict_min=True)
         _checks.positive_int("seed", self.seed, minimum=0)
+        _checks.positive_int("k_aux", self.k_aux, minimum=0, maximum=width)
         if self.activations is not None:
             if self.known_dictionary:
                 raise ValueError("--known-dictionary needs synthetic data (no true dictionary "
@@ -161,7 +164,7 @@ def _fit_config(config: TrainSAEConfig) -> train.FitConfig:
                            warmup_steps=min(100, config.steps // 10),
                            log_every=max(1, config.steps // 100),
                            checkpoint_every=max(1, config.steps // 5),
-                           train_decoder=not config.known_dictionary)
+                           train_decoder=not config.known_dictionary, k_aux=config.k_aux)
 
 
 def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool = True

@@ -70,7 +70,7 @@ def init_stack(config: models.SAEConfig, tx: optax.GradientTransformation, seeds
 
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, axis_name: str | None = None,
-    train_decoder: bool = True,
+    train_decoder: bool = True, k_aux: int = 0, aux_coef: float = 1 / 32,
 ):
     """Returns the pure train step ``step(state, batch, lam) -> (state, metrics)``.
 
@@ -85,14 +85,18 @@ def make_train_step(
       axis_name: mesh axis to average gradients and metrics over, or None (see module docstring).
       train_decoder: False freezes W_dec (e.g. at the true dictionary, to measure the encoder
         alone); its gradient is zeroed, so Adam leaves it exactly unchanged.
+      k_aux, aux_coef: the AuxK loss (:func:`superjax.losses.auxk_loss`), used when the step is
+        given a ``dead`` latent mask and k_aux > 0.
     """
 
-    def loss_fn(params, batch, lam):
-        return losses.sae_loss(nnx.merge(graphdef, params), batch, lam)
+    def loss_fn(params, batch, lam, dead):
+        return losses.sae_loss(nnx.merge(graphdef, params), batch, lam, dead=dead, k_aux=k_aux,
+                               aux_coef=aux_coef)
 
-    def step(state: TrainState, batch: Float[Array, "b d"], lam: float | Array = 0.0
-             ) -> tuple[TrainState, dict[str, Any]]:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, lam)
+    def step(state: TrainState, batch: Float[Array, "b d"], lam: float | Array = 0.0,
+             dead: Array | None = None) -> tuple[TrainState, dict[str, Any]]:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, lam,
+                                                                       dead)
         if axis_name is not None:
             grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis_name)
         w_dec = state.params["W_dec"]
@@ -123,6 +127,8 @@ class FitConfig:
       checkpoint_every: steps between checkpoints (and one at the end).
       dead_window: a latent that has not fired on this many consecutive samples counts as dead.
       train_decoder: False keeps W_dec at its initial value (see ``init_decoder`` of :func:`fit`).
+      k_aux: AuxK against dead latents: the k_aux largest dead pre-activations reconstruct the
+        residual (Gao et al. 2024 use d_in/2); 0 turns it off. aux_coef: its weight (1/32).
     """
 
     steps: int
@@ -134,6 +140,8 @@ class FitConfig:
     checkpoint_every: int = 500
     dead_window: int = 10_000
     train_decoder: bool = True
+    k_aux: int = 0
+    aux_coef: float = 1 / 32
 
     def __post_init__(self):
         _checks.positive_int("steps", self.steps)
@@ -144,6 +152,8 @@ class FitConfig:
         _checks.positive_int("log_every", self.log_every)
         _checks.positive_int("checkpoint_every", self.checkpoint_every)
         _checks.positive_int("dead_window", self.dead_window)
+        _checks.positive_int("k_aux", self.k_aux, minimum=0)
+        _checks.real_number("aux_coef", self.aux_coef, minimum=0.0)
 
 
 class FitResult(NamedTuple):
@@ -209,11 +219,13 @@ def fit(
             resumed = start
     history = _load_history(out, start)
 
-    train_step = make_train_step(graphdef, tx, train_decoder=config.train_decoder)
+    train_step = make_train_step(graphdef, tx, train_decoder=config.train_decoder,
+                                 k_aux=config.k_aux, aux_coef=config.aux_coef)
 
     @jax.jit
     def step(loop, batch):
-        new_state, metrics = train_step(loop["train"], batch, config.lam)
+        dead = loop["since_fired"] >= config.dead_window if config.k_aux else None
+        new_state, metrics = train_step(loop["train"], batch, config.lam, dead)
         since = jnp.where(metrics["density"] > 0, 0, loop["since_fired"] + batch.shape[0])
         metrics["dead_fraction"] = jnp.mean(since >= config.dead_window)
         return {"train": new_state, "since_fired": since}, metrics

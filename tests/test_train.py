@@ -94,3 +94,57 @@ def test_frozen_decoder_stays_exactly_fixed():
         state, _ = step(state, data.batch_at(jax.random.key(5), s, a, cfg, 64).y, 1e-3)
     chex.assert_trees_all_equal(state.params["W_dec"], w0)
     assert not bool(jnp.allclose(state.params["W_enc"], w0.T))  # the encoder did train
+
+
+def test_auxk_loss_closed_form_and_zero_without_dead_latents():
+    from superjax import losses
+
+    model = models.SparseAutoencoder(models.SAEConfig(6, 10, "topk", k=2), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (32, 6))
+    out = model(x)
+    w = model.W_dec[...]
+    dead = jnp.arange(10) >= 6
+    got = losses.auxk_loss(x, out, w, dead, 3)
+    e = x - out.reconstruction
+    pre = jnp.where(dead, out.pre_activations, -jnp.inf)
+    # Direct: per sample, the 3 largest dead pre-activations (ReLU'd) times their atoms.
+    order = jnp.argsort(-pre, axis=1)[:, :3]
+    vals = jax.nn.relu(jnp.take_along_axis(pre, order, 1))
+    e_hat = jnp.einsum("bk,bkd->bd", vals, w[order])
+    want = jnp.sum((e - e_hat) ** 2) / jnp.sum((e - e.mean(0)) ** 2)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    assert float(losses.auxk_loss(x, out, w, jnp.zeros(10, bool), 3)) == 0.0
+    loss, aux = losses.sae_loss(model, x, dead=dead, k_aux=3, aux_coef=0.5)
+    plain, _ = losses.sae_loss(model, x)
+    assert float(loss) == pytest.approx(float(plain) + 0.5 * float(want), rel=1e-5)
+    assert float(aux.auxk) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_auxk_revives_dead_latents():
+    # A TopK SAE (as many latents as true features) whose last 24 latents start with tiny
+    # encoder rows: they are rarely among the top k, so without AuxK little gradient reaches
+    # them and many stay dead; with AuxK their positive pre-activations reconstruct the
+    # residual, they grow towards what the live latents miss, and come back.
+    cfg = data.DataConfig(m=16, n=32, k=3)
+    a = data.make_dictionary(jax.random.key(0), cfg)
+
+    def run(k_aux):
+        model = models.SparseAutoencoder(models.SAEConfig(16, 32, "topk", k=3),
+                                         rngs=nnx.Rngs(1))
+        model.W_enc[...] = model.W_enc[...] * jnp.where(jnp.arange(32) >= 8, 0.01, 1.0)
+        tx = train.optimizer(3e-3, total_steps=600)
+        graphdef, state = train.init_state(model, tx)
+        step = jax.jit(train.make_train_step(graphdef, tx, k_aux=k_aux))
+        since = jnp.zeros(32, jnp.int32)
+        for s in range(600):
+            state, m = step(state, data.batch_at(jax.random.key(1), s, a, cfg, 256).y, 0.0,
+                            since >= 512)
+            since = jnp.where(m["density"] > 0, 0, since + 256)
+        test = data.sample_batch(jax.random.key(2), a, cfg, 4096).y
+        codes = nnx.merge(graphdef, state.params)(test).codes
+        return float(jnp.mean(~jnp.any(codes > 0, axis=0))), float(m["fvu"])
+
+    dead_off, fvu_off = run(0)
+    dead_on, fvu_on = run(8)
+    assert dead_off >= 0.3 and dead_on <= 0.1, (dead_off, dead_on)
+    assert fvu_on < 0.7 * fvu_off
