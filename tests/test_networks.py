@@ -57,9 +57,10 @@ def test_classifier_learns_separable_classes():
         networks.train(cfg, x, labels + 1, progress=False)
 
 
+@pytest.mark.slow  # the default suite checks the same properties at N = 32 through test_demo
 def test_identifiability_small_world(tmp_path):
-    common = dict(latents=12, k=2, samples=8192, test_samples=2048, classifier_steps=1500,
-                  sae_steps=1000)
+    common = dict(latents=12, k=2, samples=4096, test_samples=2048, classifier_steps=1000,
+                  sae_steps=600)
     full = network_study.identifiability(
         network_study.IdentifiabilityConfig(neurons=12, **common), tmp_path / "m12",
         progress=False)
