@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, required=True, help="true features N")
     s.add_argument("--k", type=int, required=True, help="active features per sample K")
     s.add_argument("--arch", default="relu",
-                   help="relu, topk, batchtopk, jumprelu, mlp or lista (default relu)")
+                   help="relu, topk, batchtopk, jumprelu, mlp, lista or sparse-coding "
+                        "(dictionary learning with FISTA codes) (default relu)")
     s.add_argument("--known-dictionary", action="store_true",
                    help="freeze the decoder at the true dictionary (train the encoder only)")
     s.add_argument("--latents", type=int, default=None, help="SAE width (default N)")

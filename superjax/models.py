@@ -30,7 +30,7 @@ from jaxtyping import Array, Float
 from superjax import _checks
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
-ENCODERS = ("linear", "mlp", "lista")
+ENCODERS = ("linear", "mlp", "lista", "fista")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +47,13 @@ class SAEConfig:
       encoder: "linear" (one layer), "mlp" (one hidden ReLU layer of width ``hidden``) or
         "lista" (``lista_steps`` unrolled ISTA steps through the decoder, learned per-step
         matrices and biases; Gregor & LeCun 2010).
+        "fista" is no learned encoder at all: the codes are ``fista_steps`` non-negative FISTA
+        iterations on ½‖x̃ − z W_dec‖² + ``fista_lam``·‖z‖₁ through the current decoder, with no
+        gradient through them, so training learns the dictionary alone: classical (online)
+        dictionary learning in the SAE harness.
       hidden: MLP hidden width (default 4·d_in).
       lista_steps: number of unrolled steps T for "lista".
+      fista_steps, fista_lam: FISTA iterations and L1 weight of the "fista" encoder.
     """
 
     d_in: int
@@ -60,6 +65,8 @@ class SAEConfig:
     encoder: str = "linear"
     hidden: int = 0
     lista_steps: int = 3
+    fista_steps: int = 100
+    fista_lam: float = 0.05
 
     def __post_init__(self):
         _checks.positive_int("d_in", self.d_in)
@@ -73,6 +80,11 @@ class SAEConfig:
         _checks.one_of("encoder", self.encoder, ENCODERS)
         _checks.positive_int("hidden", self.hidden, minimum=0)
         _checks.positive_int("lista_steps", self.lista_steps)
+        _checks.positive_int("fista_steps", self.fista_steps)
+        _checks.real_number("fista_lam", self.fista_lam, minimum=0.0)
+        if self.encoder == "fista" and self.activation != "relu":
+            raise ValueError("the fista encoder gives non-negative L1 codes; use activation "
+                             f"'relu', got {self.activation!r}")
 
     @property
     def hidden_width(self) -> int:
@@ -85,6 +97,8 @@ class SAEConfig:
             return 2 * d * self.hidden_width + 2 * self.hidden_width * n
         if self.encoder == "lista":
             return 2 * d * n + self.lista_steps * 4 * d * n
+        if self.encoder == "fista":
+            return self.fista_steps * 4 * d * n
         return 2 * d * n
 
 
@@ -135,7 +149,7 @@ class SparseAutoencoder(nnx.Module):
         w_dec = jax.random.normal(rngs.params(), (config.d_sae, config.d_in))
         w_dec = w_dec / jnp.linalg.norm(w_dec, axis=1, keepdims=True)
         self.W_dec = nnx.Param(w_dec)
-        if config.encoder != "mlp":
+        if config.encoder in ("linear", "lista"):
             # Encoder starts as the decoder transpose (Conerly et al. 2024; Gao et al. 2024).
             self.W_enc = nnx.Param(w_dec.T)
         self.b_enc = nnx.Param(jnp.zeros((config.d_sae,)))
@@ -164,6 +178,13 @@ class SparseAutoencoder(nnx.Module):
     def encode_pre(self, x: Float[Array, "b d_in"]) -> Float[Array, "b d_sae"]:
         """Pre-activations; for LISTA the last unrolled step's (see SAEConfig.encoder)."""
         centred = x - self.b_dec[...]
+        if self.config.encoder == "fista":
+            from superjax import sparse_coding
+
+            w_dec = jax.lax.stop_gradient(self.W_dec[...])
+            return sparse_coding.fista_fixed(
+                w_dec.T, jax.lax.stop_gradient(centred), self.config.fista_lam,
+                self.config.fista_steps, nonneg=True).codes
         if self.config.encoder == "mlp":
             h = jax.nn.relu(centred @ self.W_hidden[...] + self.b_hidden[...])
             return h @ self.W_out[...] + self.b_enc[...]

@@ -19,7 +19,7 @@ from flax import nnx
 
 from superjax import _checks, data, metrics, models, report, train
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mlp", "lista")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mlp", "lista", "sparse-coding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +29,8 @@ class TrainSAEConfig:
     Attributes:
       m, n, k: neurons M, true features N, active features K.
       arch: one of ``ARCHS``: an activation of the one-layer encoder (relu, topk, batchtopk,
-        jumprelu) or a deeper encoder with ReLU latents (mlp, lista).
+        jumprelu), a deeper encoder with ReLU latents (mlp, lista), or "sparse-coding":
+        dictionary learning with per-sample FISTA codes at the same objective (no encoder).
       latents: SAE width (default N).
       sae_k: k of TopK / BatchTopK (default K).
       known_dictionary: fix the decoder at the true dictionary and train the encoder only.
@@ -83,7 +84,7 @@ class TrainSAEConfig:
             if self.known_dictionary:
                 raise ValueError("--known-dictionary needs synthetic data (no true dictionary "
                                  "exists for an activation file)")
-            if self.arch in ("mlp", "lista"):
+            if self.arch in ("mlp", "lista", "sparse-coding"):
                 raise ValueError("--activations trains one-layer encoders (relu, topk, batchtopk, "
                                  f"jumprelu), whose input scale folds into the weights; got "
                                  f"{self.arch!r}")
@@ -93,11 +94,14 @@ class TrainSAEConfig:
         width = self.latents if self.latents is not None else self.n
         k = self.sae_k if self.sae_k is not None else min(self.k, width)
         # "mlp" and "lista" are encoders; their latents are ReLU codes trained with L1.
-        encoder = self.arch if self.arch in ("mlp", "lista") else "linear"
+        # "sparse-coding" codes minimise the same objective per sample: the SAE loss is
+        # 2·(½‖x − x̂‖² + (λ/2)‖z‖₁) for unit atoms, so FISTA runs at λ/2.
+        encoder = {"mlp": "mlp", "lista": "lista", "sparse-coding": "fista"}.get(self.arch,
+                                                                                "linear")
         activation = "relu" if encoder != "linear" else self.arch
         return models.SAEConfig(d_in=self.m, d_sae=width, activation=activation,
                                 k=k if activation in ("topk", "batchtopk") else 0,
-                                encoder=encoder)
+                                encoder=encoder, fista_lam=self.lam / 2)
 
 
 def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool):
@@ -212,7 +216,7 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
     return rep
 
 
-GAP_ARCHS = ("relu", "topk", "mlp", "lista")
+GAP_ARCHS = ("relu", "topk", "mlp", "lista", "sparse-coding")
 
 
 def amortisation_gap(
@@ -222,7 +226,9 @@ def amortisation_gap(
     """Encoders against per-sample inference, with the TRUE and with LEARNED dictionaries.
 
     For each encoder (one-layer ReLU, TopK, MLP, LISTA) and dictionary D (the true one, frozen;
-    then the encoder's own learned one), on held-out data x̃ = y − b_dec:
+    then the encoder's own learned one), on held-out data x̃ = y − b_dec, and for classical
+    dictionary learning ("sparse-coding": FISTA codes, learned dictionary; with the true
+    dictionary it would be the per-sample optimum itself, which every row already reports):
 
     * objective_gap = mean L(x̃, enc(y); D) − mean min_z L(x̃, z; D),
       L(x, z; D) = ½‖x − Dz‖² + (λ/2)‖z‖₁, which is the SAE training loss divided by 2 for
@@ -240,6 +246,8 @@ def amortisation_gap(
     for setting, known in (("true_dictionary", True), ("learned_dictionary", False)):
         rows[setting] = {}
         for arch in GAP_ARCHS:
+            if known and arch == "sparse-coding":
+                continue
             cfg = TrainSAEConfig(m=m, n=n, k=k, arch=arch, known_dictionary=known, steps=steps,
                                  lam=lam, samples=samples, seed=seed)
             model, truth, test, _, _ = _train(cfg, out / setting / arch, progress)

@@ -185,3 +185,29 @@ def test_decoder_bias_from_geometric_median_resists_outliers():
         models.init_decoder_bias(m, x, "median")
     with pytest.raises(ValueError, match="8 columns"):
         models.init_decoder_bias(m, x[:, :5])
+
+
+def test_fista_encoder_is_per_sample_sparse_coding_with_no_gradient_through_codes():
+    from superjax import sparse_coding
+
+    cfg = models.SAEConfig(8, 16, encoder="fista", fista_steps=60, fista_lam=0.05)
+    model = models.SparseAutoencoder(cfg, rngs=nnx.Rngs(0))
+    assert not hasattr(model, "W_enc") and cfg.encoder_flops() == 60 * 4 * 8 * 16
+    x = jnp.abs(jax.random.normal(jax.random.key(1), (64, 8)))
+    want = sparse_coding.fista_fixed(model.dictionary, x - model.b_dec[...], 0.05, 60,
+                                     nonneg=True).codes
+    out = model(x)
+    chex.assert_trees_all_close(out.codes, want, atol=1e-6)
+    # The decoder gradient is that of the loss with the codes held fixed (dictionary learning).
+    graphdef, params = nnx.split(model)
+    grad = jax.grad(lambda p: losses.sae_loss(nnx.merge(graphdef, p), x, 0.1)[0])(params)
+
+    def fixed(w_dec):
+        recon = out.codes @ w_dec + model.b_dec[...]
+        return (jnp.mean(jnp.sum((x - recon) ** 2, -1))
+                + 0.1 * jnp.mean(jnp.sum(out.codes * jnp.linalg.norm(w_dec, axis=1), -1)))
+
+    chex.assert_trees_all_close(grad["W_dec"][...], jax.grad(fixed)(model.W_dec[...]),
+                                atol=1e-5)
+    with pytest.raises(ValueError, match="fista encoder gives non-negative L1 codes"):
+        models.SAEConfig(8, 16, "topk", k=2, encoder="fista")

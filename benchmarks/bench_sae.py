@@ -1,0 +1,202 @@
+"""SAE training throughput: superjax's train step against a plain PyTorch SAE of the same math.
+
+Both sides run one full optimiser step per batch: forward, loss (ReLU + decoder-norm-weighted L1, or
+TopK + MSE), backward, global-norm clipping at 1, Adam, removal of the decoder gradient parallel to
+each atom, and renormalisation of the atoms. Same shapes, same dtype, same device, same process.
+superjax's step is AOT-compiled first (compile time reported apart) and donates its state;
+PyTorch gets a warm-up step. Throughput is activations per second over the timed steps.
+
+FLOPs per step are counted as 12·B·d·n (two B×d×n matmuls forward, four backward); on a GPU the
+report gives the achieved fraction of the device's dense bf16 peak (table below; use
+``--dtype bfloat16`` for the goal the issue sets). Peak memory: on GPU the allocator's peak for each
+framework; on CPU XLA's own memory analysis of the compiled step for superjax (PyTorch's CPU
+allocator exposes no peak).
+
+    python benchmarks/bench_sae.py [--shapes 768x24576,2304x16384] [--batch 4096] [--steps 3]
+        [--archs relu,topk] [--k 32] [--dtype float32|bfloat16] [--no-torch]
+        [--out runs/bench_sae.json]
+
+PyTorch is not a superjax dependency: `pip install torch` (CPU wheels install from a local file
+where one is provided) to get the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from superjax import models, report, train
+
+# Dense bf16 peak FLOP/s (no sparsity) by device kind, from the vendors' data sheets.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v4": 275e12,
+             "TPU v5e": 197e12, "TPU v5p": 459e12}
+LR, LAM = 1e-4, 1e-3
+
+
+def _peak(kind: str) -> float | None:
+    for name, flops in BF16_PEAK.items():
+        if name.lower() in kind.lower():
+            return flops
+    return None
+
+
+def bench_jax(d, n, arch, k, batch, steps, dtype):
+    cfg = models.SAEConfig(d_in=d, d_sae=n, activation=arch, k=k if arch == "topk" else 0)
+    tx = train.optimizer(LR, total_steps=steps + 1)
+    graphdef, state = train.init_state(models.SparseAutoencoder(cfg, rngs=nnx.Rngs(0)), tx)
+    state = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
+                         else a, state)
+    x = jax.random.normal(jax.random.key(1), (batch, d), dtype)
+    step = jax.jit(train.make_train_step(graphdef, tx), donate_argnums=0)
+    start = time.perf_counter()
+    compiled = step.lower(state, x, LAM).compile()
+    compile_s = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    state, m = compiled(state, x, LAM)  # first run (allocation) is not timed
+    jax.block_until_ready(m)
+    device = jax.devices()[0]
+    if device.platform == "gpu":
+        device.memory_stats()  # peak so far includes the warm-up step
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, m = compiled(state, x, LAM)
+    jax.block_until_ready((state, m))
+    seconds = (time.perf_counter() - start) / steps
+    if device.platform == "gpu":
+        peak = device.memory_stats().get("peak_bytes_in_use")
+    else:
+        peak = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+                if mem is not None else None)
+    return {"seconds_per_step": seconds, "compile_seconds": compile_s,
+            "loss": float(m["loss"]), "peak_bytes": peak}
+
+
+def bench_torch(d, n, arch, k, batch, steps, dtype_name):
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() and jax.devices()[0].platform == "gpu" else "cpu"
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
+    torch.manual_seed(0)
+    w_dec = torch.randn(n, d, device=dev)
+    w_dec /= w_dec.norm(dim=1, keepdim=True)
+    params = {"W_enc": w_dec.T.clone(), "b_enc": torch.zeros(n, device=dev),
+              "W_dec": w_dec, "b_dec": torch.zeros(d, device=dev)}
+    params = {name: p.to(dtype).requires_grad_() for name, p in params.items()}
+    opt = torch.optim.Adam(params.values(), lr=LR)
+    x = torch.randn(batch, d, device=dev, dtype=dtype)
+
+    def step():
+        pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+        if arch == "topk":
+            vals, idx = pre.topk(k, dim=-1)
+            z = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+        else:
+            z = torch.relu(pre)
+        recon = z @ params["W_dec"] + params["b_dec"]
+        loss = ((x - recon) ** 2).sum(-1).mean()
+        if arch == "relu":
+            loss = loss + LAM * (z.abs() * params["W_dec"].norm(dim=1)).sum(-1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            w, g = params["W_dec"], params["W_dec"].grad
+            g -= (g * w).sum(1, keepdim=True) * w
+            torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+            opt.step()
+            w /= w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return loss
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    loss = step()  # warm-up
+    sync()
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    sync()
+    seconds = (time.perf_counter() - start) / steps
+    peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
+    return {"seconds_per_step": seconds, "loss": float(loss), "peak_bytes": peak,
+            "torch": torch.__version__, "torch_device": dev}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="768x24576,2304x16384", help="d_in x d_sae pairs")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    p.add_argument("--archs", default="relu,topk")
+    p.add_argument("--k", type=int, default=32, help="TopK k")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    p.add_argument("--out", default="runs/bench_sae.json")
+    args = p.parse_args(argv)
+    try:
+        shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
+        assert all(len(s) == 2 and min(s) > 0 for s in shapes)
+    except (ValueError, AssertionError):
+        p.error(f"--shapes must look like 768x24576,2304x16384; got {args.shapes!r}")
+    archs = [a for a in args.archs.split(",") if a]
+    for a in archs:
+        if a not in ("relu", "topk"):
+            p.error(f"--archs takes relu and/or topk; got {a!r}")
+    if args.batch < 1 or args.steps < 1:
+        p.error("--batch and --steps must be >= 1")
+    have_torch = False
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+
+            have_torch = True
+        except ImportError:
+            print("PyTorch is not installed: no peer figures (pip install torch)", file=sys.stderr)
+    env = report.environment()
+    kind = jax.devices()[0].device_kind
+    peak = _peak(kind) if jax.devices()[0].platform != "cpu" else None
+    print(f"device: {env['device']} ({kind}); jax {env['jax']}, flax {env['flax']}; batch "
+          f"{args.batch}; dtype {args.dtype}; {args.steps} timed steps")
+    dtype = jnp.dtype(args.dtype)
+    rows = []
+    for d, n in shapes:
+        for arch in archs:
+            flops = 12.0 * args.batch * d * n
+            row = {"d_in": d, "d_sae": n, "arch": arch, "batch": args.batch,
+                   "dtype": args.dtype, "flops_per_step": flops}
+            row["superjax"] = bench_jax(d, n, arch, args.k, args.batch, args.steps, dtype)
+            sj = row["superjax"]
+            sj["activations_per_s"] = args.batch / sj["seconds_per_step"]
+            sj["flops_per_s"] = flops / sj["seconds_per_step"]
+            if peak:
+                sj["fraction_of_bf16_peak"] = sj["flops_per_s"] / peak
+            line = (f"d={d:5d} n={n:6d} {arch:5s}  superjax {sj['activations_per_s']:10.0f} act/s "
+                    f"({sj['flops_per_s'] / 1e12:.3f} TFLOP/s, compile {sj['compile_seconds']:.1f}"
+                    f" s, peak {report.fmt((sj['peak_bytes'] or 0) / 2**30, 2)} GiB)")
+            if have_torch:
+                row["torch"] = bench_torch(d, n, arch, args.k, args.batch, args.steps, args.dtype)
+                th = row["torch"]
+                th["activations_per_s"] = args.batch / th["seconds_per_step"]
+                row["ratio_vs_torch"] = sj["activations_per_s"] / th["activations_per_s"]
+                line += (f"  torch {th['activations_per_s']:10.0f} act/s  ratio "
+                         f"{row['ratio_vs_torch']:.2f}x")
+            if peak:
+                line += f"  {100 * sj['fraction_of_bf16_peak']:.1f} % of bf16 peak"
+            print(line, flush=True)
+            rows.append(row)
+    report.write_json(args.out, {"environment": env, "device_kind": kind, "rows": rows,
+                                 "args": vars(args)})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
