@@ -127,7 +127,7 @@ def bench_torch(d, n, arch, k, batch, steps, dtype_name):
     sync()
     seconds = (time.perf_counter() - start) / steps
     peak = torch.cuda.max_memory_allocated() if dev == "cuda" else None
-    return {"seconds_per_step": seconds, "loss": float(loss), "peak_bytes": peak,
+    return {"seconds_per_step": seconds, "loss": float(loss.detach()), "peak_bytes": peak,
             "torch": torch.__version__, "torch_device": dev}
 
 

@@ -188,7 +188,11 @@ class SparseAutoencoder(nnx.Module):
         if self.config.encoder == "mlp":
             h = jax.nn.relu(centred @ self.W_hidden[...] + self.b_hidden[...])
             return h @ self.W_out[...] + self.b_enc[...]
-        pre = centred @ self.W_enc[...] + self.b_enc[...]
+        # (x − b_dec) W_enc written as x W_enc − b_dec W_enc: the same function, but its gradient
+        # for b_dec is a vector–matrix product instead of a batch × d_sae × d_in matmul (the
+        # input x needs no gradient), which saves one of the step's six large matmuls.
+        w_enc = self.W_enc[...]
+        pre = x @ w_enc + (self.b_enc[...] - self.b_dec[...] @ w_enc)
         if self.config.encoder == "lista":
             w_dec = self.W_dec[...]
             for t in range(self.config.lista_steps):
