@@ -1,0 +1,166 @@
+"""Dictionary recovery vs overcompleteness N/M for SAEs and dictionary learning, and Pareto curves.
+
+For every cell (M, N, K) of the grid and every learner (ReLU-L1 SAE, TopK SAE, MLP-encoder SAE,
+sparse coding = FISTA codes + learned dictionary) one `superjax train-sae` run on 2^14 samples,
+scored on held-out data: the fraction of true atoms recovered at |cos| ≥ 0.95, latent MCC, FVU
+and L0.
+Heat maps place each cell at (δ = M/N, ρ = K/M) with the non-negative Donoho–Tanner curve ρ_W(δ)
+and the 0.8·ρ_W(δ) margin overlaid, so recovery can be read against what L1 decoding allows. The
+Pareto sweep trains ReLU and sparse coding over λ and TopK over k at one cell: FVU vs L0 and
+latent MCC vs L0.
+
+    python experiments/dictionary_recovery.py [--ms 8,16,32] [--ratios 1,2,4] [--ks 3,9]
+        [--archs relu,topk,mlp,sparse-coding] [--steps 3000] [--pareto-cell 16,32,3]
+        [--out runs/dictionary_recovery]
+
+Runs resume: a finished run's report.json is read back, not retrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import pathlib
+import time
+
+import numpy as np
+
+from superjax import bounds, report, sae_study
+
+LAMS = (0.03, 0.1, 0.3)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path) -> dict:
+    done = out / "report.json"
+    if done.exists():
+        rep = json.loads(done.read_text())
+        if rep.get("config") == json.loads(json.dumps(cfg.__dict__)):
+            return rep
+    return sae_study.run(cfg, out, progress=False)
+
+
+def _heat_maps(rows: list[dict], archs: list[str], path: pathlib.Path) -> None:
+    from superjax.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.8), squeeze=False)
+    grid = np.linspace(0.01, 1.0, 200)
+    rho_w = np.asarray(bounds.rho_weak(grid, False))
+    for ax, arch in zip(axes[0], archs, strict=True):
+        cells = [r for r in rows if r["arch"] == arch]
+        sc = ax.scatter([r["delta"] for r in cells], [r["rho"] for r in cells],
+                        c=[r["dict_recovery_rate"] for r in cells], cmap="viridis", vmin=0,
+                        vmax=1, s=260, marker="s", edgecolors="k")
+        for r in cells:
+            ax.annotate(f"{r['dict_recovery_rate']:.2f}", (r["delta"], r["rho"]), fontsize=7,
+                        ha="center", va="center", color="w")
+        ax.plot(grid, rho_w, "k-", lw=1.2, label="ρ_W(δ), non-negative")
+        ax.plot(grid, 0.8 * rho_w, "k--", lw=1, label="0.8·ρ_W(δ)")
+        ax.set(xscale="log", xlim=(0.05, 1.4), ylim=(0, 1.25), xlabel="δ = M/N",
+               ylabel="ρ = K/M", title=f"{arch}: atoms at |cos| ≥ 0.95")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.colorbar(sc, ax=axes[0, -1], label="recovery rate")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _pareto(rows: list[dict], path: pathlib.Path) -> None:
+    from superjax.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for arch in sorted({r["arch"] for r in rows}):
+        pts = sorted((r for r in rows if r["arch"] == arch), key=lambda r: r["l0"])
+        l0 = [r["l0"] for r in pts]
+        a.plot(l0, [r["fvu"] for r in pts], "o-", label=arch)
+        b.plot(l0, [r["latent_mcc"] for r in pts], "o-", label=arch)
+    a.set(xlabel="L0 (active latents per sample)", ylabel="FVU", yscale="log",
+          title="reconstruction vs sparsity")
+    b.set(xlabel="L0", ylabel="latent MCC", title="latent recovery vs sparsity")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ms", type=_ints, default=[8, 16, 32])
+    p.add_argument("--ratios", type=_ints, default=[1, 2, 4], help="N/M values (N <= 128)")
+    p.add_argument("--ks", type=_ints, default=[3, 9])
+    p.add_argument("--archs", default="relu,topk,mlp,sparse-coding")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--samples", type=int, default=1 << 14)
+    p.add_argument("--pareto-cell", type=_ints, default=[16, 32, 3], help="M,N,K ('' to skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/dictionary_recovery"))
+    args = p.parse_args(argv)
+    archs = [a for a in args.archs.split(",") if a]
+    for a in archs:
+        if a not in sae_study.ARCHS:
+            p.error(f"unknown arch {a!r}; choose from {', '.join(sae_study.ARCHS)}")
+    start = time.perf_counter()
+    rows = []
+    cells = [(m, m * r, k) for m in args.ms for r in args.ratios for k in args.ks
+             if k <= m and m * r <= 128]
+    for i, (m, n, k) in enumerate(cells):
+        b = bounds.recovery_bounds(m, n, k, False)
+        for arch in archs:
+            cfg = sae_study.TrainSAEConfig(m=m, n=n, k=k, arch=arch, steps=args.steps,
+                                           samples=args.samples, seed=args.seed)
+            rep = _run(cfg, args.out / "grid" / f"m{m}_n{n}_k{k}" / arch)
+            row = {"m": m, "n": n, "k": k, "arch": arch, "delta": m / n, "rho": k / m,
+                   "rho_weak": float(b.rho_weak), "inside_margin": bool(k / m <= 0.8 * b.rho_weak),
+                   **{key: rep[key] for key in ("dict_recovery_rate", "dict_mean_cos",
+                                                 "latent_mcc", "fvu", "l0", "dead_fraction")}}
+            rows.append(row)
+            print(f"[{i + 1}/{len(cells)}] M={m:3d} N={n:4d} K={k} {arch:13s} "
+                  f"recovered={row['dict_recovery_rate']:.3f} mcc={row['latent_mcc']:.3f} "
+                  f"fvu={row['fvu']:.4f} l0={row['l0']:.2f} "
+                  f"{'inside' if row['inside_margin'] else 'outside'} 0.8ρ_W "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    pareto = []
+    if args.pareto_cell:
+        m, n, k = args.pareto_cell
+        sweeps = [("relu", {"lam": lam}) for lam in LAMS]
+        sweeps += [("sparse-coding", {"lam": lam}) for lam in LAMS]
+        sweeps += [("topk", {"sae_k": kk}) for kk in sorted({max(1, k - 1), k, 2 * k})]
+        for arch, extra in sweeps:
+            cfg = sae_study.TrainSAEConfig(m=m, n=n, k=k, arch=arch, steps=args.steps,
+                                           samples=args.samples, seed=args.seed, **extra)
+            tag = "_".join(f"{a}{v}" for a, v in extra.items())
+            rep = _run(cfg, args.out / "pareto" / f"{arch}_{tag}")
+            pareto.append({"arch": arch, **extra, **{key: rep[key] for key in (
+                "fvu", "l0", "latent_mcc", "dict_recovery_rate")}})
+            print(f"pareto {arch:13s} {tag:10s} fvu={rep['fvu']:.4f} l0={rep['l0']:.2f} "
+                  f"mcc={rep['latent_mcc']:.3f} recovered={rep['dict_recovery_rate']:.3f}",
+                  flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report.write_json(args.out / "results.json", {
+        "grid": rows, "pareto": pareto, "args": {k: str(v) if isinstance(v, pathlib.Path) else v
+                                                 for k, v in vars(args).items()},
+        "seconds": time.perf_counter() - start, "environment": report.environment()})
+    with open(args.out / "grid.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    _heat_maps(rows, archs, args.out / "heat_maps.png")
+    if pareto:
+        _pareto(pareto, args.out / "pareto.png")
+    inside = [r for r in rows if r["inside_margin"]]
+    for arch in archs:
+        sel = [r for r in inside if r["arch"] == arch]
+        if sel:
+            ok = sum(r["dict_recovery_rate"] >= 0.95 for r in sel)
+            print(f"{arch:13s}: ≥ 95 % of atoms recovered in {ok}/{len(sel)} cells inside "
+                  "0.8·ρ_W(δ)")
+    print(f"wrote {args.out}/results.json, grid.csv, heat_maps.png"
+          + (", pareto.png" if pareto else ""))
+
+
+if __name__ == "__main__":
+    main()
