@@ -89,11 +89,15 @@ def _standardise(train_rows, *others):
     return tuple((a - mean) * scale for a in (train_rows, *others))
 
 
+def _fit_config(steps: int, **extra) -> train.FitConfig:
+    return train.FitConfig(steps=steps, learning_rate=3e-3, warmup_steps=min(100, steps // 10),
+                           log_every=max(1, steps // 100), checkpoint_every=max(1, steps // 5),
+                           **extra)
+
+
 def _train_saes(y_train, *, latents: int, k: int, lam: float, steps: int, seed: int,
                 out: pathlib.Path, progress: bool) -> dict[str, models.SparseAutoencoder]:
-    fit = train.FitConfig(steps=steps, lam=lam, learning_rate=3e-3,
-                          warmup_steps=min(100, steps // 10), log_every=max(1, steps // 100),
-                          checkpoint_every=max(1, steps // 5))
+    fit = _fit_config(steps, lam=lam)
     saes = {}
     for i, arch in enumerate(SAE_ARCHS):
         sae = models.SAEConfig(d_in=y_train.shape[1], d_sae=latents, activation=arch,
@@ -158,8 +162,8 @@ def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
         rep["l1_recoverable"] = bool(b.recoverable)
         rep["rho_over_rho_weak"] = float(b.rho / b.rho_weak)
     if ok:
-        y_train = networks.apply(net, tr.x[:16384]).representation
-        y_test = test_out.representation
+        y_all = networks.apply(net, tr.x).representation
+        y_train, y_test = y_all[:16384], test_out.representation
         y0 = networks.apply(net, world.generate(w, jnp.zeros((1, wcfg.latents)))).representation
         z_a, z_b = world.disjoint_pairs(k_pairs, wcfg, 1024)
         reps = [networks.apply(net, world.generate(w, zz)).representation
@@ -173,7 +177,7 @@ def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
             "null_additivity_residual": float(add.null_residual),
             "neuron_latent_mcc": float(metrics.latent_mcc(te.z, y_test)),
         })
-        y_train_s, y_test_s = _standardise(networks.apply(net, tr.x).representation, y_test)
+        y_train_s, y_test_s = _standardise(y_all, y_test)
         saes = _train_saes(y_train_s, latents=config.latents, k=config.k, lam=config.lam,
                            steps=config.sae_steps, seed=config.seed, out=out,
                            progress=progress)
@@ -313,11 +317,7 @@ def real_network(config: RealNetworkConfig, out: str | pathlib.Path, *,
         np.save(out / "labels.npy", np.concatenate([ds.labels[train_idx], ds.labels[test_idx]]))
         y_train, y_test = _standardise(full.representation[train_idx],
                                        full.representation[test_idx])
-        fit = train.FitConfig(steps=config.sae_steps, learning_rate=3e-3,
-                              warmup_steps=min(100, config.sae_steps // 10),
-                              log_every=max(1, config.sae_steps // 100),
-                              checkpoint_every=max(1, config.sae_steps // 5),
-                              k_aux=config.aux, dead_window=8192)
+        fit = _fit_config(config.sae_steps, k_aux=config.aux, dead_window=8192)
         sae_cfg = models.SAEConfig(d_in=config.neurons, d_sae=config.latents, activation="topk",
                                    k=config.k)
         sae, _ = sae_study.fit_rows(sae_cfg, y_train, fit, out / "sae", seed=config.seed,
