@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from superjax import _checks, interpret, metrics, models, networks, report, sae_study, train, world
+from superjax import _checks, interpret, metrics, models, networks, report, sae_study, world
 
 DATASETS = ("digits", "iris", "wine", "breast_cancer")
 SAE_ARCHS = ("topk", "relu")
@@ -89,15 +89,9 @@ def _standardise(train_rows, *others):
     return tuple((a - mean) * scale for a in (train_rows, *others))
 
 
-def _fit_config(steps: int, **extra) -> train.FitConfig:
-    return train.FitConfig(steps=steps, learning_rate=3e-3, warmup_steps=min(100, steps // 10),
-                           log_every=max(1, steps // 100), checkpoint_every=max(1, steps // 5),
-                           **extra)
-
-
 def _train_saes(y_train, *, latents: int, k: int, lam: float, steps: int, seed: int,
                 out: pathlib.Path, progress: bool) -> dict[str, models.SparseAutoencoder]:
-    fit = _fit_config(steps, lam=lam)
+    fit = sae_study.fit_schedule(steps, lam=lam, learning_rate=3e-3)
     saes = {}
     for i, arch in enumerate(SAE_ARCHS):
         sae = models.SAEConfig(d_in=y_train.shape[1], d_sae=latents, activation=arch,
@@ -317,7 +311,8 @@ def real_network(config: RealNetworkConfig, out: str | pathlib.Path, *,
         np.save(out / "labels.npy", np.concatenate([ds.labels[train_idx], ds.labels[test_idx]]))
         y_train, y_test = _standardise(full.representation[train_idx],
                                        full.representation[test_idx])
-        fit = _fit_config(config.sae_steps, k_aux=config.aux, dead_window=8192)
+        fit = sae_study.fit_schedule(config.sae_steps, learning_rate=3e-3, k_aux=config.aux,
+                                     dead_window=8192)
         sae_cfg = models.SAEConfig(d_in=config.neurons, d_sae=config.latents, activation="topk",
                                    k=config.k)
         sae, _ = sae_study.fit_rows(sae_cfg, y_train, fit, out / "sae", seed=config.seed,

@@ -162,13 +162,17 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
     return rep
 
 
+def fit_schedule(steps: int, **settings) -> train.FitConfig:
+    """The studies' loop settings for ``steps``: 10 % warm-up (at most 100 steps), 100 metric
+    records and 5 checkpoints; ``settings`` are the other :class:`train.FitConfig` fields."""
+    return train.FitConfig(steps=steps, warmup_steps=min(100, steps // 10),
+                           log_every=max(1, steps // 100), checkpoint_every=max(1, steps // 5),
+                           **settings)
+
+
 def _fit_config(config: TrainSAEConfig) -> train.FitConfig:
-    return train.FitConfig(steps=config.steps, lam=config.lam,
-                           learning_rate=config.learning_rate,
-                           warmup_steps=min(100, config.steps // 10),
-                           log_every=max(1, config.steps // 100),
-                           checkpoint_every=max(1, config.steps // 5),
-                           train_decoder=not config.known_dictionary, k_aux=config.k_aux)
+    return fit_schedule(config.steps, lam=config.lam, learning_rate=config.learning_rate,
+                        train_decoder=not config.known_dictionary, k_aux=config.k_aux)
 
 
 def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool = True
