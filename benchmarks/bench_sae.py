@@ -6,6 +6,9 @@ each atom, and renormalisation of the atoms. Same shapes, same dtype, same devic
 superjax's step is AOT-compiled first (compile time reported apart) and donates its state;
 PyTorch gets a warm-up step. Throughput is activations per second over the timed steps.
 
+``topk-gather`` is superjax's TopK with ``SAEConfig(topk_kernel="gather")`` (only the k selected
+latents are decoded and receive gradients); its PyTorch peer is the same dense TopK as ``topk``.
+
 FLOPs per step are counted as 12·B·d·n (two B×d×n matmuls forward, four backward); on a GPU the
 report gives the achieved fraction of the device's dense bf16 peak (table below; use
 ``--dtype bfloat16`` for the goal the issue sets). Peak memory: on GPU the allocator's peak for each
@@ -47,7 +50,9 @@ def _peak(kind: str) -> float | None:
 
 
 def bench_jax(d, n, arch, k, batch, steps, dtype):
-    cfg = models.SAEConfig(d_in=d, d_sae=n, activation=arch, k=k if arch == "topk" else 0)
+    activation, _, kernel = arch.partition("-")
+    cfg = models.SAEConfig(d_in=d, d_sae=n, activation=activation,
+                           k=k if activation == "topk" else 0, topk_kernel=kernel or "dense")
     tx = train.optimizer(LR, total_steps=steps + 1)
     graphdef, state = train.init_state(models.SparseAutoencoder(cfg, rngs=nnx.Rngs(0)), tx)
     state = jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating)
@@ -93,7 +98,7 @@ def bench_torch(d, n, arch, k, batch, steps, dtype_name):
 
     def step():
         pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
-        if arch == "topk":
+        if arch.startswith("topk"):
             vals, idx = pre.topk(k, dim=-1)
             z = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
         else:
@@ -136,7 +141,8 @@ def main(argv=None):
     p.add_argument("--shapes", default="768x24576,2304x16384", help="d_in x d_sae pairs")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
-    p.add_argument("--archs", default="relu,topk")
+    p.add_argument("--archs", default="relu,topk,topk-gather",
+                   help="relu, topk (dense kernel) and topk-gather (SAEConfig.topk_kernel)")
     p.add_argument("--k", type=int, default=32, help="TopK k")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
@@ -149,8 +155,8 @@ def main(argv=None):
         p.error(f"--shapes must look like 768x24576,2304x16384; got {args.shapes!r}")
     archs = [a for a in args.archs.split(",") if a]
     for a in archs:
-        if a not in ("relu", "topk"):
-            p.error(f"--archs takes relu and/or topk; got {a!r}")
+        if a not in ("relu", "topk", "topk-gather"):
+            p.error(f"--archs takes relu, topk and topk-gather; got {a!r}")
     if args.batch < 1 or args.steps < 1:
         p.error("--batch and --steps must be >= 1")
     have_torch = False
@@ -177,9 +183,9 @@ def main(argv=None):
             sj = row["superjax"]
             sj["activations_per_s"] = args.batch / sj["seconds_per_step"]
             sj["flops_per_s"] = flops / sj["seconds_per_step"]
-            if peak:
+            if peak and arch != "topk-gather":  # gather skips most of those FLOPs
                 sj["fraction_of_bf16_peak"] = sj["flops_per_s"] / peak
-            line = (f"d={d:5d} n={n:6d} {arch:5s}  superjax {sj['activations_per_s']:10.0f} act/s "
+            line = (f"d={d:5d} n={n:6d} {arch:11s}  superjax {sj['activations_per_s']:10.0f} act/s "
                     f"({sj['flops_per_s'] / 1e12:.3f} TFLOP/s, compile {sj['compile_seconds']:.1f}"
                     f" s, peak {report.fmt((sj['peak_bytes'] or 0) / 2**30, 2)} GiB)")
             if have_torch:
@@ -189,7 +195,7 @@ def main(argv=None):
                 row["ratio_vs_torch"] = sj["activations_per_s"] / th["activations_per_s"]
                 line += (f"  torch {th['activations_per_s']:10.0f} act/s  ratio "
                          f"{row['ratio_vs_torch']:.2f}x")
-            if peak:
+            if "fraction_of_bf16_peak" in sj:
                 line += f"  {100 * sj['fraction_of_bf16_peak']:.1f} % of bf16 peak"
             print(line, flush=True)
             rows.append(row)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import pathlib
 import time
@@ -39,7 +40,10 @@ def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path) -> dict:
     done = out / "report.json"
     if done.exists():
         rep = json.loads(done.read_text())
-        if rep.get("config") == json.loads(json.dumps(cfg.__dict__)):
+        # Fields added to TrainSAEConfig since a report was written take their defaults.
+        defaults = dataclasses.asdict(sae_study.TrainSAEConfig(m=cfg.m, n=cfg.n, k=cfg.k))
+        saved = {**json.loads(json.dumps(defaults)), **rep.get("config", {})}
+        if saved == json.loads(json.dumps(dataclasses.asdict(cfg))):
             return rep
     return sae_study.run(cfg, out, progress=False)
 

@@ -1,34 +1,39 @@
-"""Query-access recovery vs overcompleteness n/d, direction geometry and noise, for every method.
+"""Query-access recovery vs overcompleteness n/d, direction geometry, noise and query budget.
 
-    python experiments/recovery_vs_overcompleteness.py --dims 8,16 --ratios 0.5,1,2,4 --seeds 2
-    python experiments/recovery_vs_overcompleteness.py --full      # d ∈ {8,16,32}, all settings
+    python experiments/recovery_vs_overcompleteness.py --dims 16 --seeds 2
+    python experiments/recovery_vs_overcompleteness.py --full      # the issue's grid; hours on CPU
 
-Writes OUT/results.json, OUT/table.csv and OUT/recovery_vs_overcompleteness.png (one panel per
-setting: recovery rate at |cos| ≥ 0.99 vs n/d, one line per method and d). Each cell is one
-``superjax recover`` run; the command for any row is in its ``config``.
+Three sub-grids, every method, ``--seeds`` seeds each (a row is one ``superjax recover`` run):
+
+* overcompleteness: every n/d in ``--ratios`` on uniform directions and on clustered pairs at every
+  Δ in ``--deltas``, at the reference noise ``--noise``;
+* noise: every level in ``--noises`` at n/d = ``--at-ratio``, uniform directions;
+* budget: every multiple in ``--budget-scales`` of each method's budget, at every n/d, uniform
+  directions, reference noise: queries to 90 % recovery is the smallest budget whose seed-mean
+  recovery rate (|cos| ≥ 0.99) reaches 0.9.
+
+Writes OUT/results.json (rows + summaries), OUT/table.csv and four PNGs: recovery vs n/d (one panel
+per geometry), queries to 90 % vs n/d, recovery vs noise and recovery vs Δ. Runs resume: rows
+already in OUT/results.json are not recomputed, so a grid can be extended a seed at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import itertools
+import json
 import pathlib
 import sys
 import time
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from superjax import recovery, report
+from superjax.plots import _pyplot, _save
+from superjax.recovery_study import SETTING, RecoverConfig, queries_to_reach, run, summarise
 
-from superjax import recovery, report  # noqa: E402
-from superjax.recovery_study import RecoverConfig, run  # noqa: E402
-
-COLUMNS = ("method", "d", "n", "ratio", "directions", "delta", "noise", "seed",
-           "recovery_rate_099", "recovery_rate_095", "false_directions", "mean_angle_deg",
-           "f_rel_mse", "f_rel_mse_2x", "queries", "seconds")
+COLUMNS = SETTING + ("ratio", "recovery_rate_099", "recovery_rate_095", "false_directions",
+                     "mean_angle_deg", "f_rel_mse", "f_rel_mse_2x", "queries", "seconds")
 
 # Budgets per method and d: what each needs to reach its accuracy (see the README's table).
 BUDGET = {"fourier": lambda d: 200_000 if d <= 8 else 400_000,
@@ -41,76 +46,154 @@ def _list(kind):
 
 
 def settings(args) -> list[dict]:
+    """The union of the three sub-grids, seed-major (a partial run covers every setting once)."""
+    out = {}
+
+    def add(method, d, ratio, directions, delta, noise, seed, scale=1.0):
+        s = dict(method=method, d=d, n=max(1, int(round(ratio * d))), directions=directions,
+                 delta=delta, noise=noise, seed=seed,
+                 budget=int(round(scale * BUDGET[method](d))))
+        out.setdefault(tuple(s[k] for k in SETTING), s)
+
     geometry = [("uniform", 0.3)] + [("clustered", dl) for dl in args.deltas]
-    rows = []
-    for method, d, ratio, (dirs, delta), noise, seed in itertools.product(
-            args.methods, args.dims, args.ratios, geometry, args.noises, range(args.seeds)):
-        rows.append(dict(method=method, d=d, n=max(1, int(round(ratio * d))), directions=dirs,
-                         delta=delta, noise=noise, seed=seed, budget=BUDGET[method](d)))
-    return rows
+    for seed in range(args.seeds):
+        for method in args.methods:
+            for d in args.dims:
+                for ratio in args.ratios:
+                    for dirs, delta in geometry:
+                        add(method, d, ratio, dirs, delta, args.noise, seed)
+                for noise in args.noises:
+                    add(method, d, args.at_ratio, "uniform", 0.3, noise, seed)
+                for scale in args.budget_scales:
+                    for ratio in args.ratios:
+                        add(method, d, ratio, "uniform", 0.3, args.noise, seed, scale)
+    return list(out.values())
 
 
-def plot(rows: list[dict], path: pathlib.Path) -> None:
-    panels = sorted({(r["directions"], r["delta"] if r["directions"] == "clustered" else None,
-                      r["noise"]) for r in rows}, key=str)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (dirs, delta, noise) in zip(axes[0], panels, strict=True):
-        sel = [r for r in rows if r["directions"] == dirs and r["noise"] == noise
-               and (delta is None or r["delta"] == delta)]
-        for method, d in sorted({(r["method"], r["d"]) for r in sel}):
-            pts = sorted({r["ratio"] for r in sel if r["method"] == method and r["d"] == d})
-            mean = [np.mean([r["recovery_rate_099"] for r in sel if r["method"] == method
-                             and r["d"] == d and r["ratio"] == p]) for p in pts]
-            ax.plot(pts, mean, marker="o", label=f"{method} d={d}")
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("n / d")
-        ax.set_title(f"{dirs}{'' if delta is None else f' Δ={delta}'} noise {noise}")
+def _lines(ax, rows, x_of, label_of):
+    """Seed means with min–max bars, one line per label."""
+    for label in sorted({label_of(r) for r in rows}):
+        sel = [r for r in rows if label_of(r) == label]
+        xs = sorted({x_of(r) for r in sel})
+        vals = [[r["recovery_rate_099"] for r in sel if x_of(r) == x] for x in xs]
+        mean = np.array([np.mean(v) for v in vals])
+        err = np.array([[m - min(v), max(v) - m] for m, v in zip(mean, vals, strict=True)]).T
+        ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.axhline(0.95, color="grey", lw=0.8, ls=":")
+
+
+def _log2(ax):
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
+    plt = _pyplot()
+    label = lambda r: f"{r['method']} d={r['d']}"  # noqa: E731
+    ref = [r for r in rows if r["noise"] == args.noise and r["budget"] == BUDGET[r["method"]](
+        r["d"])]
+    paths = []
+    # 1. recovery vs n/d, one panel per geometry
+    geoms = sorted({(r["directions"], r["delta"] if r["directions"] == "clustered" else None)
+                    for r in ref}, key=str)
+    fig, axes = plt.subplots(1, len(geoms), figsize=(4.4 * len(geoms), 3.8), squeeze=False)
+    for ax, (dirs, delta) in zip(axes[0], geoms, strict=True):
+        _lines(ax, [r for r in ref if r["directions"] == dirs
+                    and (delta is None or r["delta"] == delta)], lambda r: r["n"] / r["d"], label)
+        _log2(ax)
+        ax.set(xlabel="n / d", title=f"{dirs}{'' if delta is None else f' Δ={delta}'}"
+               f", noise {args.noise}")
     axes[0, 0].set_ylabel("recovery rate (|cos| ≥ 0.99)")
     axes[0, -1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    paths.append(_save(fig, out / "recovery_vs_overcompleteness.png"))
+    # 2. queries to 90 % vs n/d
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for s in queries_to_reach(rows, 0.9, noise=args.noise):
+        pts = s["points"]
+        ax.plot([p["ratio"] for p in pts], [p["queries"] or np.nan for p in pts], "o-",
+                label=f"{s['method']} d={s['d']}")
+    _log2(ax)
+    ax.set(yscale="log", xlabel="n / d", ylabel="queries to 90 % recovery",
+           title="smallest tried budget with mean recovery ≥ 0.9")
+    ax.legend(fontsize=7)
+    paths.append(_save(fig, out / "queries_to_90.png"))
+    # 3. recovery vs noise, 4. recovery vs Δ (at n/d = at_ratio)
+    at = [r for r in rows if abs(r["n"] / r["d"] - args.at_ratio) < 1e-9
+          and r["budget"] == BUDGET[r["method"]](r["d"])]
+    for name, sel, x_of, xlabel, xscale in (
+            ("recovery_vs_noise", [r for r in at if r["directions"] == "uniform"],
+             lambda r: max(r["noise"], 1e-3), "oracle noise / std f (0 drawn at 1e-3)", "log"),
+            ("recovery_vs_delta", [r for r in at if r["directions"] == "clustered"
+                                   and r["noise"] == args.noise],
+             lambda r: r["delta"], "pair angle Δ (rad)", "linear")):
+        fig, ax = plt.subplots(figsize=(5.2, 3.8))
+        _lines(ax, sel, x_of, label)
+        ax.set(xscale=xscale, xlabel=xlabel, ylabel="recovery rate (|cos| ≥ 0.99)",
+               title=f"n/d = {args.at_ratio:g}")
+        if sel:
+            ax.legend(fontsize=7)
+        paths.append(_save(fig, out / f"{name}.png"))
+    return paths
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", type=_list(str), default=recovery.METHODS)
-    p.add_argument("--dims", type=_list(int), default=(8, 16))
-    p.add_argument("--ratios", type=_list(float), default=(0.5, 1, 2, 4))
-    p.add_argument("--deltas", type=_list(float), default=(), help="clustered settings")
-    p.add_argument("--noises", type=_list(float), default=(0.01,))
+    p.add_argument("--dims", type=_list(int), default=(16,))
+    p.add_argument("--ratios", type=_list(float), default=(0.5, 1, 2, 4, 8))
+    p.add_argument("--deltas", type=_list(float), default=(0.1, 0.3), help="clustered settings")
+    p.add_argument("--noise", type=float, default=0.01, help="reference noise")
+    p.add_argument("--noises", type=_list(float), default=(0.0, 0.01, 0.1))
+    p.add_argument("--at-ratio", type=float, default=2.0, help="n/d of the noise and Δ sweeps")
+    p.add_argument("--budget-scales", type=_list(float), default=(0.25, 0.5, 1.0))
     p.add_argument("--seeds", type=int, default=1)
-    p.add_argument("--full", action="store_true", help="the issue's full grid (long on a CPU)")
+    p.add_argument("--full", action="store_true", help="d ∈ {8, 16, 32}, 3 seeds")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/recovery"))
     args = p.parse_args(argv)
+    for m in args.methods:
+        if m not in recovery.METHODS:
+            p.error(f"unknown method {m!r}; choose from {', '.join(recovery.METHODS)}")
     if args.full:
-        args.dims, args.ratios, args.deltas = (8, 16, 32), (0.5, 1, 2, 4, 8), (0.1, 0.3)
-        args.noises, args.seeds = (0.0, 0.01, 0.1), max(args.seeds, 3)
+        args.dims, args.seeds = (8, 16, 32), max(args.seeds, 3)
     args.out.mkdir(parents=True, exist_ok=True)
+    done_path = args.out / "results.json"
+    old = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
+    done = {tuple(r[k] for k in SETTING): r for r in old}
     rows, start = [], time.perf_counter()
     todo = settings(args)
-    for i, s in enumerate(todo):
+    fresh = [s for s in todo if tuple(s[k] for k in SETTING) not in done]
+    print(f"{len(todo)} settings, {len(todo) - len(fresh)} already in {done_path}", flush=True)
+    for i, s in enumerate(fresh):
         try:
             rep = run(RecoverConfig(**s))
         except ValueError as err:  # e.g. a budget too small for the method at this d
-            print(f"[{i + 1}/{len(todo)}] {s}: skipped: {err}", file=sys.stderr)
+            print(f"[{i + 1}/{len(fresh)}] {s}: skipped: {err}", file=sys.stderr)
             continue
         row = {**s, "ratio": s["n"] / s["d"], **{k: rep[k] for k in COLUMNS if k in rep}}
-        rows.append(row)
-        eta = (time.perf_counter() - start) / (i + 1) * (len(todo) - i - 1)
-        print(f"[{i + 1}/{len(todo)}] {s['method']:8s} d={s['d']:3d} n={s['n']:4d} "
-              f"{s['directions']:9s} noise={s['noise']:<5g} rate99={row['recovery_rate_099']:.3f} "
+        done[tuple(s[k] for k in SETTING)] = row
+        eta = (time.perf_counter() - start) / (i + 1) * (len(fresh) - i - 1)
+        print(f"[{i + 1}/{len(fresh)}] {s['method']:8s} d={s['d']:3d} n={s['n']:4d} "
+              f"{s['directions']:9s} Δ={s['delta']:<4g} noise={s['noise']:<5g} "
+              f"budget={s['budget']:<8d} seed={s['seed']} rate99={row['recovery_rate_099']:.3f} "
               f"false={row['false_directions']} rel_mse={row['f_rel_mse']:.2e} "
               f"{row['seconds']:.0f}s  ETA {eta / 60:.1f} min", flush=True)
-        report.write_json(args.out / "results.json",
-                          {"rows": rows, "environment": report.environment()})
+        report.write_json(done_path, {"rows": list(done.values()),
+                                      "environment": report.environment()})
+    rows = list(done.values())
+    summary = {"settings": summarise(rows),
+               "queries_to_90": queries_to_reach(rows, 0.9, noise=args.noise)}
+    report.write_json(done_path, {"rows": rows, "summary": summary,
+                                  "environment": report.environment()})
     with open(args.out / "table.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    plot(rows, args.out / "recovery_vs_overcompleteness.png")
-    print(f"wrote {args.out}/results.json, table.csv, recovery_vs_overcompleteness.png")
+    paths = plots(rows, args, args.out)
+    print(f"wrote {done_path}, table.csv, " + ", ".join(p.name for p in paths))
     return 0
 
 

@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--auxk", type=int, default=0,
                    help="AuxK: dead latents that reconstruct the residual (Gao et al. use M/2; "
                         "default 0 = off)")
+    s.add_argument("--topk-kernel", default="dense",
+                   help="dense or gather: how --arch topk decodes and back-propagates (gather: "
+                        "only the k chosen latents; same training, faster on CPU)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--activations", default=None,
                    help="train on this .npy/.safetensors file of activations (samples, M) instead "
@@ -175,7 +178,8 @@ def _train_sae(args) -> None:
         m=args.m, n=args.n, k=args.k, arch=args.arch, latents=args.latents, sae_k=args.sae_k,
         known_dictionary=args.known_dictionary, samples=args.samples, steps=args.steps,
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
-        seed=args.seed, activations=args.activations, k_aux=args.auxk)
+        seed=args.seed, activations=args.activations, k_aux=args.auxk,
+        topk_kernel=args.topk_kernel)
     _writable(args.out)
     rep = sae_study.run(config, args.out, progress=not args.quiet)
     keys = ("latent_mcc", "latent_mcc_chance", "dict_recovery_rate", "dict_mean_cos",

@@ -31,6 +31,7 @@ from superjax import _checks
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
 ENCODERS = ("linear", "mlp", "lista", "fista")
+TOPK_KERNELS = ("dense", "gather")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,13 @@ class SAEConfig:
       hidden: MLP hidden width (default 4·d_in).
       lista_steps: number of unrolled steps T for "lista".
       fista_steps, fista_lam: FISTA iterations and L1 weight of the "fista" encoder.
+      topk_kernel: how a one-layer TopK SAE computes what follows the selection. "dense" masks
+        the full pre-activations and decodes with a batch × d_sae × d_in matmul. "gather"
+        recomputes only the k selected pre-activations from gathered encoder columns and decodes
+        from k gathered atoms, so the backward pass is two scatter-adds of B·k rows instead of
+        three dense matmuls (same function and gradients up to float rounding; faster where
+        matmuls are slow relative to memory, e.g. on CPU). The dense encoder product is still
+        formed once, to select.
     """
 
     d_in: int
@@ -67,6 +75,7 @@ class SAEConfig:
     lista_steps: int = 3
     fista_steps: int = 100
     fista_lam: float = 0.05
+    topk_kernel: str = "dense"
 
     def __post_init__(self):
         _checks.positive_int("d_in", self.d_in)
@@ -82,6 +91,10 @@ class SAEConfig:
         _checks.positive_int("lista_steps", self.lista_steps)
         _checks.positive_int("fista_steps", self.fista_steps)
         _checks.real_number("fista_lam", self.fista_lam, minimum=0.0)
+        _checks.one_of("topk_kernel", self.topk_kernel, TOPK_KERNELS)
+        if self.topk_kernel == "gather" and (self.activation, self.encoder) != ("topk", "linear"):
+            raise ValueError("topk_kernel 'gather' is for one-layer TopK SAEs (activation 'topk', "
+                             f"encoder 'linear'); got {self.activation!r}, {self.encoder!r}")
         if self.encoder == "fista" and self.activation != "relu":
             raise ValueError("the fista encoder gives non-negative L1 codes; use activation "
                              f"'relu', got {self.activation!r}")
@@ -220,8 +233,26 @@ class SparseAutoencoder(nnx.Module):
             raise ValueError(f"SAE input must have shape (batch, {self.config.d_in}), "
                              f"got {tuple(x.shape)}")
         pre = self.encode_pre(x)
+        if self.config.topk_kernel == "gather":
+            return self._topk_gather(x, pre)
         codes = self.activate(pre)
         return SAEOutput(self.decode(codes), codes, pre)
+
+    def _topk_gather(self, x, pre) -> SAEOutput:
+        """TopK on k gathered latents (SAEConfig.topk_kernel "gather").
+
+        ``pre`` only selects (no gradient); the k chosen pre-activations are recomputed from the
+        gathered encoder columns, so gradients reach W_enc and W_dec as B·k-row scatter-adds.
+        Returned pre-activations stay differentiable for losses that read them (AuxK).
+        """
+        w_enc, w_dec, b_dec = self.W_enc[...], self.W_dec[...], self.b_dec[...]
+        _, idx = jax.lax.top_k(jax.lax.stop_gradient(pre), self.config.k)     # (b, k)
+        bias = self.b_enc[...] - b_dec @ w_enc
+        pre_k = jnp.einsum("bd,bkd->bk", x, jnp.take(w_enc.T, idx, axis=0)) + bias[idx]
+        z_k = jax.nn.relu(pre_k)
+        recon = jnp.einsum("bk,bkd->bd", z_k, jnp.take(w_dec, idx, axis=0)) + b_dec
+        codes = jnp.zeros_like(pre).at[jnp.arange(x.shape[0])[:, None], idx].set(z_k)
+        return SAEOutput(recon, codes, pre)
 
 
 def init_decoder_bias(model: SparseAutoencoder, x: Float[Array, "s d_in"],

@@ -63,3 +63,46 @@ def run(config: RecoverConfig, out: pathlib.Path | None = None, progress=None) -
     if out is not None:
         report.write_json(pathlib.Path(out) / "result.json", rep)
     return rep
+
+
+#: The fields that identify one run of a grid (everything but the outcome).
+SETTING = ("method", "d", "n", "directions", "delta", "noise", "seed", "budget")
+
+
+def _groups(rows: list[dict], fields: tuple[str, ...]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[f] for f in fields), []).append(r)
+    return out
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Seed statistics per setting: mean / min / max recovery rates, false directions, f error."""
+    fields = tuple(f for f in SETTING if f != "seed")
+    out = []
+    for key, sel in sorted(_groups(rows, fields).items(), key=str):
+        s = dict(zip(fields, key, strict=True), seeds=len(sel))
+        for m in ("recovery_rate_099", "recovery_rate_095", "false_directions", "f_rel_mse",
+                  "seconds"):
+            v = np.asarray([r[m] for r in sel], float)
+            s[m] = float(v.mean())
+            s[m + "_min"], s[m + "_max"] = float(v.min()), float(v.max())
+        out.append(s)
+    return out
+
+
+def queries_to_reach(rows: list[dict], level: float, *, noise: float) -> list[dict]:
+    """Per method and d on uniform directions at ``noise``: for every n, the smallest budget whose
+    seed-mean recovery rate (|cos| ≥ 0.99) reaches ``level`` (None when no tried budget does)."""
+    sel = [r for r in rows if r["directions"] == "uniform" and r["noise"] == noise]
+    out = []
+    for (method, d), group in sorted(_groups(sel, ("method", "d")).items()):
+        points = []
+        for (n,), by_n in sorted(_groups(group, ("n",)).items()):
+            budgets = _groups(by_n, ("budget",))
+            ok = [b for (b,), rs in budgets.items()
+                  if np.mean([r["recovery_rate_099"] for r in rs]) >= level]
+            points.append({"n": n, "ratio": n / d, "queries": min(ok) if ok else None,
+                           "budgets_tried": sorted(b for (b,) in budgets)})
+        out.append({"method": method, "d": d, "level": level, "points": points})
+    return out

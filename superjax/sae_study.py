@@ -43,6 +43,8 @@ class TrainSAEConfig:
         of synthetic data; N is then the SAE width and K the TopK k. The last ``test_samples``
         rows (at most 10 %) are held out for evaluation.
       k_aux: AuxK against dead latents (see :class:`superjax.train.FitConfig`); 0 turns it off.
+      topk_kernel: "dense" or "gather" for arch topk (see :class:`superjax.models.SAEConfig`);
+        the same training, faster on CPU with "gather".
     """
 
     m: int
@@ -62,6 +64,7 @@ class TrainSAEConfig:
     seed: int = 0
     activations: str | None = None
     k_aux: int = 0
+    topk_kernel: str = "dense"
 
     def __post_init__(self):
         data.DataConfig(m=self.m, n=self.n, k=self.k)  # validates m, n, k
@@ -80,6 +83,10 @@ class TrainSAEConfig:
         _checks.real_number("learning_rate", self.learning_rate, minimum=0.0, strict_min=True)
         _checks.positive_int("seed", self.seed, minimum=0)
         _checks.positive_int("k_aux", self.k_aux, minimum=0, maximum=width)
+        _checks.one_of("topk_kernel", self.topk_kernel, models.TOPK_KERNELS)
+        if self.topk_kernel != "dense" and self.arch != "topk":
+            raise ValueError(f"--topk-kernel {self.topk_kernel} is for --arch topk, got "
+                             f"{self.arch!r}")
         if self.activations is not None:
             if self.known_dictionary:
                 raise ValueError("--known-dictionary needs synthetic data (no true dictionary "
@@ -101,7 +108,8 @@ class TrainSAEConfig:
         activation = "relu" if encoder != "linear" else self.arch
         return models.SAEConfig(d_in=self.m, d_sae=width, activation=activation,
                                 k=k if activation in ("topk", "batchtopk") else 0,
-                                encoder=encoder, fista_lam=self.lam / 2)
+                                encoder=encoder, fista_lam=self.lam / 2,
+                                topk_kernel=self.topk_kernel)
 
 
 def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool):

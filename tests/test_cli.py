@@ -108,6 +108,10 @@ def test_train_sae_writes_config_metrics_checkpoints_and_report(tmp_path, capsys
       "--out", "x"], "sae_k must be"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--known-dictionary", "--latents", "32",
       "--out", "x"], "needs latents = n"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--topk-kernel", "gather", "--out", "x"],
+     "is for --arch topk"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--topk-kernel",
+      "sparse", "--out", "x"], "topk_kernel must be one of"),
 ])
 def test_train_sae_bad_input(argv, match, capsys):
     assert cli.main(argv) == 2

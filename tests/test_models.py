@@ -139,6 +139,9 @@ def test_loss_is_jittable_through_split_merge():
     ({"d_in": 8, "d_sae": 16, "activation": "topk"}, ValueError, "k must be >= 1"),
     ({"d_in": 0, "d_sae": 16}, ValueError, "d_in must be >= 1"),
     ({"d_in": 8, "d_sae": 16, "jumprelu_bandwidth": 0.0}, ValueError, "jumprelu_bandwidth"),
+    ({"d_in": 8, "d_sae": 16, "topk_kernel": "sparse"}, ValueError, "topk_kernel must be"),
+    ({"d_in": 8, "d_sae": 16, "activation": "relu", "topk_kernel": "gather"}, ValueError,
+     "one-layer TopK"),
 ])
 def test_config_validation(kwargs, err, match):
     with pytest.raises(err, match=match):
@@ -211,3 +214,29 @@ def test_fista_encoder_is_per_sample_sparse_coding_with_no_gradient_through_code
                                 atol=1e-5)
     with pytest.raises(ValueError, match="fista encoder gives non-negative L1 codes"):
         models.SAEConfig(8, 16, "topk", k=2, encoder="fista")
+
+
+@pytest.mark.parametrize("k_aux", [0, 4])
+def test_gather_topk_kernel_equals_dense_in_value_and_gradient(k_aux):
+    """The "gather" TopK kernel is the same function with the same gradients (and AuxK through
+    the pre-activations still trains the encoder)."""
+    dense = _model("topk", d_in=8, d_sae=24, k=4, seed=3)
+    dense.b_dec[...] = 0.1 * jnp.arange(8.0)
+    dense.b_enc[...] = 0.05 * jnp.sin(jnp.arange(24.0))
+    graphdef, state = nnx.split(dense)
+    cfg = models.SAEConfig(d_in=8, d_sae=24, activation="topk", k=4, topk_kernel="gather")
+    gather = nnx.merge(nnx.split(models.SparseAutoencoder(cfg, rngs=nnx.Rngs(0)))[0], state)
+    x, dead = _x(batch=64), jnp.arange(24) % 3 == 0
+
+    def grads(model):
+        def f(m):
+            return losses.sae_loss(m, x, dead=dead, k_aux=k_aux)
+        return nnx.grad(f, has_aux=True)(model), f(model)
+
+    (g_dense, _), (l_dense, a_dense) = grads(dense)
+    (g_gather, _), (l_gather, a_gather) = grads(gather)
+    chex.assert_trees_all_close(l_gather, l_dense, rtol=1e-5)
+    chex.assert_trees_all_close(a_gather.l0, a_dense.l0)
+    chex.assert_trees_all_close(gather(x).codes, dense(x).codes, atol=1e-5)
+    chex.assert_trees_all_close(nnx.state(g_gather), nnx.state(g_dense), atol=1e-5, rtol=1e-4)
+    assert float(jnp.abs(g_dense.W_enc[...]).max()) > 0

@@ -145,3 +145,29 @@ def test_small_fourier_budget_is_refused():
         R.recover(orc, "fourier", jax.random.key(0), R.RecoveryConfig(budget=20_000,
                                                                       fit_queries=10_000))
     assert orc.queries == 0
+
+
+def test_grid_summaries_count_seeds_and_find_the_smallest_sufficient_budget():
+    from superjax.recovery_study import queries_to_reach, summarise
+
+    def row(n, budget, seed, rate, directions="uniform", noise=0.01):
+        return dict(method="fourier", d=4, n=n, directions=directions, delta=0.3, noise=noise,
+                    seed=seed, budget=budget, recovery_rate_099=rate, recovery_rate_095=rate,
+                    false_directions=seed, f_rel_mse=1e-3, seconds=1.0)
+
+    rows = [row(4, 100, 0, 1.0), row(4, 100, 1, 0.7),     # mean 0.85 < 0.9
+            row(4, 200, 0, 1.0), row(4, 200, 1, 0.9),     # mean 0.95: first budget to reach 0.9
+            row(4, 400, 0, 1.0), row(4, 400, 1, 1.0),
+            row(8, 400, 0, 0.5), row(8, 400, 1, 0.6),     # never reaches 0.9
+            row(8, 100, 0, 1.0, directions="clustered"),  # other geometry: ignored
+            row(8, 100, 0, 1.0, noise=0.1)]               # other noise: ignored
+    (curve,) = queries_to_reach(rows, 0.9, noise=0.01)
+    assert curve["points"] == [
+        {"n": 4, "ratio": 1.0, "queries": 200, "budgets_tried": [100, 200, 400]},
+        {"n": 8, "ratio": 2.0, "queries": None, "budgets_tried": [400]}]
+    stats = {(s["n"], s["budget"], s["directions"], s["noise"]): s for s in summarise(rows)}
+    assert len(stats) == 6
+    s = stats[(4, 100, "uniform", 0.01)]
+    assert s["seeds"] == 2 and s["recovery_rate_099"] == pytest.approx(0.85)
+    assert (s["recovery_rate_099_min"], s["recovery_rate_099_max"]) == (0.7, 1.0)
+    assert s["false_directions"] == 0.5
