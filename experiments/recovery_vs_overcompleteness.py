@@ -12,7 +12,7 @@ Three sub-grids, every method, ``--seeds`` seeds each (a row is one ``superjax r
   directions, reference noise: queries to 90 % recovery is the smallest budget whose seed-mean
   recovery rate (|cos| ≥ 0.99) reaches 0.9.
 
-Writes OUT/results.json (rows + summaries), OUT/table.csv and four PNGs: recovery vs n/d (one panel
+Writes OUT/results.json (rows + summaries), OUT/table.csv, OUT/table.md (seed means) and four PNGs: recovery vs n/d (one panel
 per geometry), queries to 90 % vs n/d, recovery vs noise and recovery vs Δ. Runs resume: rows
 already in OUT/results.json are not recomputed, so a grid can be extended a seed at a time.
 """
@@ -140,6 +140,25 @@ def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
     return paths
 
 
+def markdown(settings: list[dict]) -> str:
+    """The seed-mean table (min–max over seeds where there are several), for a README."""
+    def rng(s, key, fmt):
+        lo, hi = s[key + "_min"], s[key + "_max"]
+        return fmt.format(s[key]) + ("" if lo == hi else f" ({fmt.format(lo)}–{fmt.format(hi)})")
+
+    header = ["method", "d", "n", "n/d", "directions", "noise", "budget", "seeds",
+              "recovery ≥ 0.99", "≥ 0.95", "false", "f rel. MSE", "s"]
+    order = sorted(settings, key=lambda s: (s["method"], s["d"], s["directions"], s["delta"],
+                                            s["noise"], s["budget"], s["n"]))
+    body = [[s["method"], str(s["d"]), str(s["n"]), f"{s['n'] / s['d']:g}",
+             s["directions"] + (f" Δ={s['delta']:g}" if s["directions"] == "clustered" else ""),
+             f"{s['noise']:g}", str(s["budget"]), str(s["seeds"]),
+             rng(s, "recovery_rate_099", "{:.3f}"), rng(s, "recovery_rate_095", "{:.3f}"),
+             f"{s['false_directions']:g}", rng(s, "f_rel_mse", "{:.1e}"), f"{s['seconds']:.0f}"]
+            for s in order]
+    return report.markdown_table(header, body) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", type=_list(str), default=recovery.METHODS)
@@ -192,8 +211,9 @@ def main(argv=None) -> int:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    (args.out / "table.md").write_text(markdown(summary["settings"]))
     paths = plots(rows, args, args.out)
-    print(f"wrote {done_path}, table.csv, " + ", ".join(p.name for p in paths))
+    print(f"wrote {done_path}, table.csv, table.md, " + ", ".join(p.name for p in paths))
     return 0
 
 
