@@ -216,8 +216,8 @@ def _recover(args) -> None:
     _writable(args.out)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     rep = recovery_study.run(config, args.out, progress=say)
-    keys = ("recovery_rate_099", "recovery_rate_095", "false_directions", "mean_angle_deg",
-            "f_rel_mse", "f_rel_mse_2x")
+    keys = ("recovery_rate_099", "recovery_rate_095", "matched_rate_099", "false_directions",
+            "mean_angle_deg", "f_rel_mse", "f_rel_mse_2x")
     print("  ".join(f"{k}={rep[k]:.4g}" for k in keys)
           + f"  queries={rep['queries']}  seconds={rep['seconds']:.1f}")
     print(f"wrote {args.out / 'result.json'}")

@@ -503,6 +503,9 @@ def score(target: Target, result: RecoveryResult, key, *, test: int = 20_000) ->
     return {
         "recovery_rate_099": float(np.mean(best_true >= 0.99)),
         "recovery_rate_095": float(np.mean(best_true >= 0.95)),
+        # One found direction per true one (Hungarian): a found direction between two close true
+        # ones can count for both in the rates above, but only once here.
+        "matched_rate_099": float(np.mean(matched >= 0.99)),
         "false_directions": int(np.sum(best_found < 0.9)),
         "found_directions": len(found),
         "mean_angle_deg": float(np.degrees(np.mean(np.arccos(np.clip(matched, 0, 1))))),

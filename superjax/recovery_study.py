@@ -82,8 +82,10 @@ def summarise(rows: list[dict]) -> list[dict]:
     out = []
     for key, sel in sorted(_groups(rows, fields).items(), key=str):
         s = dict(zip(fields, key, strict=True), seeds=len(sel))
-        for m in ("recovery_rate_099", "recovery_rate_095", "false_directions", "f_rel_mse",
-                  "seconds"):
+        for m in ("recovery_rate_099", "recovery_rate_095", "matched_rate_099",
+                  "false_directions", "f_rel_mse", "seconds"):
+            if any(m not in r for r in sel):  # a metric newer than some of the rows
+                continue
             v = np.asarray([r[m] for r in sel], float)
             s[m] = float(v.mean())
             s[m + "_min"], s[m + "_max"] = float(v.min()), float(v.max())

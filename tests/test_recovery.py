@@ -121,6 +121,23 @@ def test_score_of_the_truth_is_perfect():
     score = R.score(target, res, jax.random.key(7))
     assert score["recovery_rate_099"] == 1.0 and score["false_directions"] == 0
     assert score["mean_angle_deg"] < 0.1 and score["f_rel_mse"] < 1e-3
+    assert score["matched_rate_099"] == 1.0
+
+
+def test_a_direction_between_a_close_pair_counts_once_one_to_one():
+    """Pairs at 0.1 rad: their bisector is within 0.05 rad (|cos| 0.9988) of both, so the best-|cos|
+    rate counts it for both; the Hungarian one-to-one rate counts it once."""
+    target, _ = _instance(6, 8)
+    e = np.eye(6, dtype=np.float32)
+    v = np.stack([e[0], np.cos(0.1) * e[0] + np.sin(0.1) * e[1], e[2], e[3]])
+    target = O.Target(jnp.asarray(v), *(a[:4] for a in target[1:]))
+    found = np.stack([v[0] + v[1], v[2], v[3]])
+    found /= np.linalg.norm(found, axis=1, keepdims=True)
+    model = ridge.init(jnp.asarray(found), extent=9.0)
+    score = R.score(target, R.RecoveryResult(jnp.asarray(found), model, 0, 0.0, {}),
+                    jax.random.key(0))
+    assert score["recovery_rate_099"] == 1.0
+    assert score["matched_rate_099"] == 0.75 and score["false_directions"] == 0
 
 
 def test_bad_requests_fail_clearly():
