@@ -11,9 +11,10 @@ latent MCC vs L0.
 
     python experiments/dictionary_recovery.py [--ms 8,16,32] [--ratios 1,2,4] [--ks 3,9]
         [--archs relu,topk,mlp,sparse-coding] [--steps 3000] [--pareto-cell 16,32,3]
-        [--out runs/dictionary_recovery]
+        [--collect] [--out runs/dictionary_recovery]
 
-Runs resume: a finished run's report.json is read back, not retrained.
+Runs resume: a finished run's report.json is read back, not retrained; an interrupted one
+continues from its last checkpoint. --collect tabulates and plots the finished runs only.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path) -> dict:
+def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path, collect: bool = False) -> dict | None:
     done = out / "report.json"
     if done.exists():
         rep = json.loads(done.read_text())
@@ -45,7 +46,7 @@ def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path) -> dict:
         saved = {**json.loads(json.dumps(defaults)), **rep.get("config", {})}
         if saved == json.loads(json.dumps(dataclasses.asdict(cfg))):
             return rep
-    return sae_study.run(cfg, out, progress=False)
+    return None if collect else sae_study.run(cfg, out, progress=False)
 
 
 def _heat_maps(rows: list[dict], archs: list[str], path: pathlib.Path) -> None:
@@ -101,6 +102,8 @@ def main(argv=None) -> None:
     p.add_argument("--samples", type=int, default=1 << 14)
     p.add_argument("--pareto-cell", type=_ints, default=[16, 32, 3], help="M,N,K ('' to skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: tabulate and plot the runs that have finished")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/dictionary_recovery"))
     args = p.parse_args(argv)
     archs = [a for a in args.archs.split(",") if a]
@@ -116,7 +119,9 @@ def main(argv=None) -> None:
         for arch in archs:
             cfg = sae_study.TrainSAEConfig(m=m, n=n, k=k, arch=arch, steps=args.steps,
                                            samples=args.samples, seed=args.seed)
-            rep = _run(cfg, args.out / "grid" / f"m{m}_n{n}_k{k}" / arch)
+            rep = _run(cfg, args.out / "grid" / f"m{m}_n{n}_k{k}" / arch, args.collect)
+            if rep is None:
+                continue
             row = {"m": m, "n": n, "k": k, "arch": arch, "delta": m / n, "rho": k / m,
                    "rho_weak": float(b.rho_weak), "inside_margin": bool(k / m <= 0.8 * b.rho_weak),
                    **{key: rep[key] for key in ("dict_recovery_rate", "dict_mean_cos",
@@ -137,12 +142,17 @@ def main(argv=None) -> None:
             cfg = sae_study.TrainSAEConfig(m=m, n=n, k=k, arch=arch, steps=args.steps,
                                            samples=args.samples, seed=args.seed, **extra)
             tag = "_".join(f"{a}{v}" for a, v in extra.items())
-            rep = _run(cfg, args.out / "pareto" / f"{arch}_{tag}")
+            rep = _run(cfg, args.out / "pareto" / f"{arch}_{tag}", args.collect)
+            if rep is None:
+                continue
             pareto.append({"arch": arch, **extra, **{key: rep[key] for key in (
                 "fvu", "l0", "latent_mcc", "dict_recovery_rate")}})
             print(f"pareto {arch:13s} {tag:10s} fvu={rep['fvu']:.4f} l0={rep['l0']:.2f} "
                   f"mcc={rep['latent_mcc']:.3f} recovered={rep['dict_recovery_rate']:.3f}",
                   flush=True)
+    if not rows:
+        print(f"no finished runs under {args.out}")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     report.write_json(args.out / "results.json", {
         "grid": rows, "pareto": pareto, "args": {k: str(v) if isinstance(v, pathlib.Path) else v
