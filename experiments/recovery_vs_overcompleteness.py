@@ -71,14 +71,20 @@ def settings(args) -> list[dict]:
 
 
 def _lines(ax, rows, x_of, label_of):
-    """Seed means with min–max bars, one line per label."""
-    for label in sorted({label_of(r) for r in rows}):
-        sel = [r for r in rows if label_of(r) == label]
-        xs = sorted({x_of(r) for r in sel})
-        vals = [[r["recovery_rate_099"] for r in sel if x_of(r) == x] for x in xs]
-        mean = np.array([np.mean(v) for v in vals])
-        err = np.array([[m - min(v), max(v) - m] for m, v in zip(mean, vals, strict=True)]).T
-        ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, label=label)
+    """Seed means with min–max bars, one colour per label: the best-|cos| rate (solid) and, where
+    the rows have it, the one-to-one rate (dashed; it differs when close pairs are merged)."""
+    for i, label in enumerate(sorted({label_of(r) for r in rows})):
+        for metric, style, suffix in (("recovery_rate_099", "-", ""),
+                                      ("matched_rate_099", "--", ", one-to-one")):
+            sel = [r for r in rows if label_of(r) == label and metric in r]
+            if not sel:
+                continue
+            xs = sorted({x_of(r) for r in sel})
+            vals = [[r[metric] for r in sel if x_of(r) == x] for x in xs]
+            mean = np.array([np.mean(v) for v in vals])
+            err = np.array([[m - min(v), max(v) - m] for m, v in zip(mean, vals, strict=True)]).T
+            ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, ls=style, color=f"C{i}",
+                        label=label + suffix)
     ax.set_ylim(-0.02, 1.02)
     ax.axhline(0.95, color="grey", lw=0.8, ls=":")
 
