@@ -116,15 +116,25 @@ def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
     axes[0, 0].set_ylabel("recovery rate (|cos| ≥ 0.99)")
     axes[0, -1].legend(fontsize=7)
     paths.append(_save(fig, out / "recovery_vs_overcompleteness.png"))
-    # 2. queries to 90 % vs n/d
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for s in queries_to_reach(rows, 0.9, noise=args.noise):
-        pts = s["points"]
+    # 2. queries to 90 % vs n/d (only where a budget sweep ran: more than one budget tried)
+    fig, ax = plt.subplots(figsize=(5.6, 4.0))
+    for i, curve in enumerate(queries_to_reach(rows, 0.9, noise=args.noise)):
+        pts = [p for p in curve["points"] if len(p["budgets_tried"]) > 1]
+        if not pts:
+            continue
         ax.plot([p["ratio"] for p in pts], [p["queries"] or np.nan for p in pts], "o-",
-                label=f"{s['method']} d={s['d']}")
+                color=f"C{i}", label=f"{curve['method']} d={curve['d']}")
+        low = [p for p in pts if p["queries"] == p["budgets_tried"][0]]
+        ax.plot([p["ratio"] for p in low], [p["queries"] for p in low], "v", color=f"C{i}", ms=11,
+                mfc="none")
+        never = [p for p in pts if p["queries"] is None]
+        ax.plot([p["ratio"] for p in never], [p["budgets_tried"][-1] for p in never], "^",
+                color=f"C{i}", ms=11, mfc="none")
     _log2(ax)
     ax.set(yscale="log", xlabel="n / d", ylabel="queries to 90 % recovery",
-           title="smallest tried budget with mean recovery ≥ 0.9")
+           title="smallest tried budget with mean recovery ≥ 0.9\n"
+                 "▽ the smallest tried (upper bound)   △ none reached it (lower bound)")
+    ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
     paths.append(_save(fig, out / "queries_to_90.png"))
     # 3. recovery vs noise, 4. recovery vs Δ (at n/d = at_ratio)
