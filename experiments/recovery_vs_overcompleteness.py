@@ -12,8 +12,9 @@ Three sub-grids, every method, ``--seeds`` seeds each (a row is one ``superjax r
   directions, reference noise: queries to 90 % recovery is the smallest budget whose seed-mean
   recovery rate (|cos| ≥ 0.99) reaches 0.9.
 
-Writes OUT/results.json (rows + summaries), OUT/table.csv, OUT/table.md (seed means) and four PNGs: recovery vs n/d (one panel
-per geometry), queries to 90 % vs n/d, recovery vs noise and recovery vs Δ. Runs resume: rows
+Writes OUT/results.json (rows + summaries), OUT/table.csv, OUT/table.md (seed means) and four
+PNGs: recovery vs n/d (one panel per geometry), queries to 90 % vs n/d, recovery vs noise and
+recovery vs Δ. Runs resume: rows
 already in OUT/results.json are not recomputed, so a grid can be extended a seed at a time.
 """
 
@@ -33,7 +34,8 @@ from superjax.plots import _pyplot, _save
 from superjax.recovery_study import SETTING, RecoverConfig, queries_to_reach, run, summarise
 
 COLUMNS = SETTING + ("ratio", "recovery_rate_099", "recovery_rate_095", "matched_rate_099",
-                     "false_directions", "mean_angle_deg", "f_rel_mse", "f_rel_mse_2x", "queries", "seconds")
+                     "false_directions", "mean_angle_deg", "f_rel_mse", "f_rel_mse_2x", "queries",
+                     "seconds")
 
 # Budgets per method and d: what each needs to reach its accuracy (see the README's table).
 BUDGET = {"fourier": lambda d: 200_000 if d <= 8 else 400_000,
@@ -115,6 +117,7 @@ def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
                f", noise {args.noise}")
     axes[0, 0].set_ylabel("recovery rate (|cos| ≥ 0.99)")
     axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
     paths.append(_save(fig, out / "recovery_vs_overcompleteness.png"))
     # 2. queries to 90 % vs n/d (only where a budget sweep ran: more than one budget tried)
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
@@ -136,6 +139,7 @@ def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
                  "▽ the smallest tried (upper bound)   △ none reached it (lower bound)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)
+    fig.tight_layout()
     paths.append(_save(fig, out / "queries_to_90.png"))
     # 3. recovery vs noise, 4. recovery vs Δ (at n/d = at_ratio)
     at = [r for r in rows if abs(r["n"] / r["d"] - args.at_ratio) < 1e-9
@@ -152,6 +156,7 @@ def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
                title=f"n/d = {args.at_ratio:g}")
         if sel:
             ax.legend(fontsize=7)
+        fig.tight_layout()
         paths.append(_save(fig, out / f"{name}.png"))
     return paths
 
