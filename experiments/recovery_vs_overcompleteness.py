@@ -15,7 +15,8 @@ Three sub-grids, every method, ``--seeds`` seeds each (a row is one ``superjax r
 Writes OUT/results.json (rows + summaries), OUT/table.csv, OUT/table.md (seed means) and four
 PNGs: recovery vs n/d (one panel per geometry), queries to 90 % vs n/d, recovery vs noise and
 recovery vs Δ. Runs resume: rows
-already in OUT/results.json are not recomputed, so a grid can be extended a seed at a time.
+already in OUT/results.json are not recomputed, so a grid can be extended a seed at a time;
+--collect only tabulates and plots the rows there.
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-scales", type=_list(float), default=(0.25, 0.5, 1.0))
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--full", action="store_true", help="d ∈ {8, 16, 32}, 3 seeds")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: tabulate and plot the rows already in OUT/results.json")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/recovery"))
     args = p.parse_args(argv)
     for m in args.methods:
@@ -206,8 +209,9 @@ def main(argv=None) -> int:
     done = {tuple(r[k] for k in SETTING): r for r in old}
     rows, start = [], time.perf_counter()
     todo = settings(args)
-    fresh = [s for s in todo if tuple(s[k] for k in SETTING) not in done]
-    print(f"{len(todo)} settings, {len(todo) - len(fresh)} already in {done_path}", flush=True)
+    fresh = [] if args.collect else [s for s in todo if tuple(s[k] for k in SETTING) not in done]
+    print(f"{len(done)} rows in {done_path}" if args.collect else
+          f"{len(todo)} settings, {len(todo) - len(fresh)} already in {done_path}", flush=True)
     for i, s in enumerate(fresh):
         try:
             rep = run(RecoverConfig(**s))
