@@ -44,6 +44,11 @@ BUDGET = {"fourier": lambda d: 200_000 if d <= 8 else 400_000,
           "hermite": lambda d: 1_000_000, "student": lambda d: 400_000}
 
 
+def _key(row: dict) -> tuple:
+    """What identifies a run in results.json (see recovery_study.SETTING)."""
+    return tuple(row[k] for k in SETTING)
+
+
 def _list(kind):
     return lambda text: tuple(kind(v) for v in text.split(",") if v.strip())
 
@@ -56,7 +61,7 @@ def settings(args) -> list[dict]:
         s = dict(method=method, d=d, n=max(1, int(round(ratio * d))), directions=directions,
                  delta=delta, noise=noise, seed=seed,
                  budget=int(round(scale * BUDGET[method](d))))
-        out.setdefault(tuple(s[k] for k in SETTING), s)
+        out.setdefault(_key(s), s)
 
     geometry = [("uniform", 0.3)] + [("clustered", dl) for dl in args.deltas]
     for seed in range(args.seeds):
@@ -206,10 +211,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     done_path = args.out / "results.json"
     old = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
-    done = {tuple(r[k] for k in SETTING): r for r in old}
+    done = {_key(r): r for r in old}
     rows, start = [], time.perf_counter()
     todo = settings(args)
-    fresh = [] if args.collect else [s for s in todo if tuple(s[k] for k in SETTING) not in done]
+    fresh = [] if args.collect else [s for s in todo if _key(s) not in done]
     print(f"{len(done)} rows in {done_path}" if args.collect else
           f"{len(todo)} settings, {len(todo) - len(fresh)} already in {done_path}", flush=True)
     for i, s in enumerate(fresh):
@@ -219,7 +224,7 @@ def main(argv=None) -> int:
             print(f"[{i + 1}/{len(fresh)}] {s}: skipped: {err}", file=sys.stderr)
             continue
         row = {**s, "ratio": s["n"] / s["d"], **{k: rep[k] for k in COLUMNS if k in rep}}
-        done[tuple(s[k] for k in SETTING)] = row
+        done[_key(s)] = row
         eta = (time.perf_counter() - start) / (i + 1) * (len(fresh) - i - 1)
         print(f"[{i + 1}/{len(fresh)}] {s['method']:8s} d={s['d']:3d} n={s['n']:4d} "
               f"{s['directions']:9s} Δ={s['delta']:<4g} noise={s['noise']:<5g} "
