@@ -48,6 +48,8 @@ MIN_FOURIER_QUERIES = 16_384
 #: clustered pairs come apart one direction per round, each removing only ~20 % of what is left,
 #: so the bar is a 3 % reduction, not more.
 PEEL_PROGRESS = 0.97
+#: Eigenvalues of the order-4 Hermite moment count as signal above this multiple of the noise edge.
+HERMITE_EDGE = 1.5
 
 
 class RecoveryResult(NamedTuple):
@@ -347,25 +349,32 @@ def hessian(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
 
 
 def hermite_moment(x: Float[Array, "q d"], y: Float[Array, " q"], order: int) -> Array:
-    """E[y He_order(x)] for x ~ N(0, I): order 3 as (d, d, d), order 4 unfolded as (d², d²)."""
-    d = x.shape[1]
+    """E[y He_order(x)] for x ~ N(0, I): order 3 as (d, d, d), order 4 unfolded as (d², d²).
+
+    The sample moment is taken of y minus its degree-≤ 2 Hermite projection (estimated on the same
+    queries): He_3 and He_4 are orthogonal to it, so the expectation is unchanged, but the constant
+    and quadratic parts of f no longer add their variance to the estimate.
+    """
+    q, d = x.shape
     eye = jnp.eye(d)
     m0 = jnp.mean(y)
-    m1 = x.T @ y / len(y)
-    m2 = jnp.einsum("qi,qj,q->ij", x, x, y) / len(y)
+    m1 = x.T @ y / q
+    c2 = jnp.einsum("qi,qj,q->ij", x, x, y) / q - m0 * eye         # E[y He_2(x)]
+    y = y - m0 - x @ m1 - 0.5 * (jnp.sum((x @ c2) * x, axis=1) - jnp.trace(c2))
+    m1 = x.T @ y / q
+    m2 = jnp.einsum("qi,qj,q->ij", x, x, y) / q
     if order == 3:
-        m3 = jnp.einsum("qi,qj,qk,q->ijk", x, x, x, y) / len(y)
-        sym = jnp.einsum("i,jk->ijk", m1, eye)
-        return m3 - sym - jnp.transpose(sym, (1, 0, 2)) - jnp.transpose(sym, (1, 2, 0))
-    xx = (x[:, :, None] * x[:, None, :]).reshape(len(y), d * d)
-    m4 = ((xx * y[:, None]).T @ xx / len(y)).reshape(d, d, d, d)
-    t = jnp.einsum("ij,kl->ijkl", m2, eye)
-    pairs = (t + jnp.transpose(t, (0, 2, 1, 3)) + jnp.transpose(t, (0, 2, 3, 1))
-             + jnp.transpose(t, (2, 3, 0, 1)) + jnp.transpose(t, (1, 3, 0, 2))
-             + jnp.transpose(t, (1, 2, 0, 3)))
-    dd = jnp.einsum("ij,kl->ijkl", eye, eye)
-    deltas = dd + jnp.transpose(dd, (0, 2, 1, 3)) + jnp.transpose(dd, (0, 2, 3, 1))
-    return (m4 - pairs + m0 * deltas).reshape(d * d, d * d)
+        m3 = jnp.einsum("qi,qj,qk,q->ijk", x, x, x, y) / q
+        return m3 - sum(jnp.einsum(f"{a},{b}->ijk", m1, eye) for a, b in
+                        (("i", "jk"), ("j", "ik"), ("k", "ij")))
+    xx = (x[:, :, None] * x[:, None, :]).reshape(q, d * d)
+    m4 = ((xx * y[:, None]).T @ xx / q).reshape(d, d, d, d)
+    # He_ijkl = x_i x_j x_k x_l − Σ_6 δ·x x + Σ_3 δ·δ, over the index pairings.
+    pairs = sum(jnp.einsum(f"{a},{b}->ijkl", m2, eye) for a, b in (
+        ("ij", "kl"), ("ik", "jl"), ("il", "jk"), ("jk", "il"), ("jl", "ik"), ("kl", "ij")))
+    deltas = sum(jnp.einsum(f"{a},{b}->ijkl", eye, eye) for a, b in (
+        ("ij", "kl"), ("ik", "jl"), ("il", "jk")))
+    return (m4 - pairs + jnp.mean(y) * deltas).reshape(d * d, d * d)
 
 
 def jennrich(t3: Float[Array, "d d d"], key) -> Array:
@@ -387,15 +396,22 @@ def hermite(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
         v, w = jennrich(hermite_moment(x, y - jnp.mean(y), 3), ks)
         keep = w > 1e-3 * w[0]
         return v[keep], {"eigenvalues": w}
-    t4 = hermite_moment(x, y, 4)
+    # Two half-sample moments: their mean is the estimate, and half their difference has the
+    # same noise distribution as that mean with no signal, so its spectral norm is the noise edge.
+    half = x.shape[0] // 2
+    t4a, t4b = (hermite_moment(x[sl], y[sl], 4) for sl in (slice(0, half), slice(half, 2 * half)))
+    t4, null = 0.25 * (t4a + t4b + t4a.T + t4b.T), 0.25 * (t4a - t4b + t4a.T - t4b.T)
+    edge = float(jnp.max(jnp.abs(jnp.linalg.eigvalsh(null))))
+    evals, evecs = jnp.linalg.eigh(t4)
+    order = jnp.argsort(-jnp.abs(evals))
+    evals, evecs = evals[order], evecs[:, order]
+    rank = max(1, int(jnp.sum(jnp.abs(evals) > HERMITE_EDGE * edge)))
     d = oracle.d
     # The column space of the unfolded tensor lies in span{vec(v vᵀ)}: reuse the SPM machinery.
-    evals, evecs = jnp.linalg.eigh(0.5 * (t4 + t4.T))
-    order = jnp.argsort(-jnp.abs(evals))
-    mats = (evecs[:, order].T * jnp.abs(evals[order])[:, None]).reshape(d * d, d, d)
-    mats = 0.5 * (mats + jnp.swapaxes(mats, 1, 2))
-    found, diag = _spm_candidates(mats, ks, None, config.max_features)
-    return found, diag
+    mats = (evecs[:, :rank].T * jnp.abs(evals[:rank])[:, None]).reshape(rank, d, d)
+    found, diag = _spm_candidates(0.5 * (mats + jnp.swapaxes(mats, 1, 2)), ks, rank,
+                                  config.max_features)
+    return found, {**diag, "noise_edge": edge}
 
 
 # ----------------------------------------------------------------------------- student network

@@ -69,16 +69,21 @@ def test_finite_difference_hessians_are_exact_on_quadratics():
 
 
 def test_hermite_moments_of_hermite_ridges():
-    # E[He_k(vᵀx) He_k(x)] = k! v^{⊗k}.
+    # E[He_k(vᵀx) He_k(x)] = k! v^{⊗k}, and He_3, He_4 are orthogonal to every polynomial of degree
+    # ≤ 2: a constant, a linear and a quadratic term along another direction change nothing.
     d, q = 3, 400_000
     v = ridge.unit(jnp.array([1.0, 2.0, -1.0]))
+    u = ridge.unit(jnp.array([0.5, -1.0, 2.0]))
     x = jax.random.normal(jax.random.key(9), (q, d))
-    z = x @ v
-    t3 = R.hermite_moment(x, z**3 - 3 * z, 3)
+    z, w = x @ v, x @ u
+    low = 2.0 + w - 1.5 * w**2
+    t3 = R.hermite_moment(x, z**3 - 3 * z + low, 3)
     np.testing.assert_allclose(t3, 6 * jnp.einsum("i,j,k->ijk", v, v, v), atol=0.15)
-    t4 = R.hermite_moment(x, z**4 - 6 * z**2 + 3, 4)
+    t4 = R.hermite_moment(x, z**4 - 6 * z**2 + 3 + low, 4)
     expect = 24 * jnp.einsum("i,j,k,l->ijkl", v, v, v, v).reshape(d * d, d * d)
     np.testing.assert_allclose(t4, expect, atol=0.6)
+    # A pure quadratic has no fourth moment at all (to Monte-Carlo accuracy).
+    np.testing.assert_allclose(R.hermite_moment(x, low, 4), 0.0, atol=0.05)
 
 
 def _instance(d, n, seed=0, **kw):
@@ -110,6 +115,19 @@ def test_hermite_and_student_recover_an_undercomplete_target():
             budget=150_000, fit_queries=12_000, hermite_order=3))
         score = R.score(target, res, jax.random.key(5))
         assert score["recovery_rate_095"] >= 0.8, (method, score)
+
+
+@pytest.mark.slow
+def test_order_four_hermite_keeps_only_directions_above_its_noise_edge():
+    # n = d with mixed responses: some have a negligible fourth Hermite coefficient and cannot be
+    # seen at order 4, but nothing below the split-half noise edge may come back as a direction.
+    target, orc = _instance(6, 6)
+    res = R.recover(orc, "hermite", jax.random.key(4), R.RecoveryConfig(budget=400_000,
+                                                                        fit_queries=12_000))
+    score = R.score(target, res, jax.random.key(5))
+    assert score["false_directions"] == 0, score
+    assert score["recovery_rate_095"] >= 0.5, score
+    assert res.diagnostics["span_rank"] <= 6
 
 
 def test_score_of_the_truth_is_perfect():
