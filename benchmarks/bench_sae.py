@@ -11,7 +11,11 @@ latents are decoded and receive gradients); its PyTorch peer is the same dense T
 
 FLOPs per step are counted as 12·B·d·n (two B×d×n matmuls forward, four backward); on a GPU the
 report gives the achieved fraction of the device's dense bf16 peak (table below; use
-``--dtype bfloat16`` for the goal the issue sets). Peak memory: on GPU the allocator's peak for each
+``--dtype bfloat16`` for the goal the issue sets). The GEMM floor is the measured time of the
+dense step's five B×d×n matmuls alone (encoder and decoder forward; decoder-weight, code and
+encoder-weight gradients), as XLA dots on the same device: no implementation of the dense
+step can run faster, so ``torch / floor`` is the largest speed-up over PyTorch the hardware allows.
+Peak memory: on GPU the allocator's peak for each
 framework; on CPU XLA's own memory analysis of the compiled step for superjax (PyTorch's CPU
 allocator exposes no peak).
 
@@ -80,6 +84,22 @@ def bench_jax(d, n, arch, k, batch, steps, dtype):
                 if mem is not None else None)
     return {"seconds_per_step": seconds, "compile_seconds": compile_s,
             "loss": float(m["loss"]), "peak_bytes": peak}
+
+
+def bench_gemm(d, n, batch, steps, dtype):
+    """Seconds for the dense step's five matmuls alone (the step's hardware floor)."""
+    k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
+    x, w, z = (jax.random.normal(key, shape, dtype) for key, shape in
+               ((k1, (batch, d)), (k2, (d, n)), (k3, (batch, n))))
+    specs = ("bd,dn->bn", "bn,dn->bd", "bn,bd->nd", "bd,dn->bn", "bd,bn->dn")
+    operands = ((x, w), (z, w), (z, x), (x, w), (x, z))
+    dots = jax.jit(lambda ops: [jnp.einsum(s, a, b) for s, (a, b) in zip(specs, ops, strict=True)])
+    jax.block_until_ready(dots(operands))
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = dots(operands)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps
 
 
 def bench_torch(d, n, arch, k, batch, steps, dtype_name):
@@ -175,6 +195,11 @@ def main(argv=None):
     dtype = jnp.dtype(args.dtype)
     rows = []
     for d, n in shapes:
+        floor = None
+        if any(a in ("relu", "topk") for a in archs):
+            floor = bench_gemm(d, n, args.batch, args.steps, dtype)
+            print(f"d={d:5d} n={n:6d} GEMM floor of the dense step: {floor:.3f} s "
+                  f"({args.batch / floor:.0f} act/s)", flush=True)
         for arch in archs:
             flops = 12.0 * args.batch * d * n
             row = {"d_in": d, "d_sae": n, "arch": arch, "batch": args.batch,
@@ -185,6 +210,9 @@ def main(argv=None):
             sj["flops_per_s"] = flops / sj["seconds_per_step"]
             if peak and arch != "topk-gather":  # gather skips most of those FLOPs
                 sj["fraction_of_bf16_peak"] = sj["flops_per_s"] / peak
+            if floor and arch != "topk-gather":
+                row["gemm_floor_seconds"] = floor
+                sj["fraction_of_gemm_floor"] = floor / sj["seconds_per_step"]
             line = (f"d={d:5d} n={n:6d} {arch:11s}  superjax {sj['activations_per_s']:10.0f} act/s "
                     f"({sj['flops_per_s'] / 1e12:.3f} TFLOP/s, compile {sj['compile_seconds']:.1f}"
                     f" s, peak {report.fmt((sj['peak_bytes'] or 0) / 2**30, 2)} GiB)")
@@ -195,6 +223,11 @@ def main(argv=None):
                 row["ratio_vs_torch"] = sj["activations_per_s"] / th["activations_per_s"]
                 line += (f"  torch {th['activations_per_s']:10.0f} act/s  ratio "
                          f"{row['ratio_vs_torch']:.2f}x")
+                if floor and arch != "topk-gather":
+                    row["max_ratio_vs_torch"] = th["seconds_per_step"] / floor
+                    line += f" (GEMM floor allows {row['max_ratio_vs_torch']:.2f}x)"
+            if "fraction_of_gemm_floor" in sj:
+                line += f"  {100 * sj['fraction_of_gemm_floor']:.0f} % of GEMM floor"
             if "fraction_of_bf16_peak" in sj:
                 line += f"  {100 * sj['fraction_of_bf16_peak']:.1f} % of bf16 peak"
             print(line, flush=True)
