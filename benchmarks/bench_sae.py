@@ -13,10 +13,9 @@ FLOPs per step are counted as 12·B·d·n (two B×d×n matmuls forward, four bac
 report gives the achieved fraction of the device's dense bf16 peak (table below; use
 ``--dtype bfloat16`` for the goal the issue sets). The GEMM floor is the measured time of the
 dense step's five B×d×n matmuls alone (encoder and decoder forward; decoder-weight, code and
-encoder-weight gradients), as XLA dots on the same device: no implementation of the dense
-step can run faster, so ``torch / floor`` is the largest speed-up over PyTorch the hardware allows.
-Peak memory: on GPU the allocator's peak for each
-framework; on CPU XLA's own memory analysis of the compiled step for superjax (PyTorch's CPU
+encoder-weight gradients), as XLA dots on the same device: no step built on XLA's matmuls can
+run faster, so ``torch / floor`` is the largest speed-up over PyTorch they allow. Peak memory: on
+GPU the allocator's peak for each framework; on CPU XLA's own memory analysis of the compiled step for superjax (PyTorch's CPU
 allocator exposes no peak).
 
     python benchmarks/bench_sae.py [--shapes 768x24576,2304x16384] [--batch 4096] [--steps 3]
