@@ -15,8 +15,8 @@ report gives the achieved fraction of the device's dense bf16 peak (table below;
 dense step's five B×d×n matmuls alone (encoder and decoder forward; decoder-weight, code and
 encoder-weight gradients), as XLA dots on the same device: no step built on XLA's matmuls can
 run faster, so ``torch / floor`` is the largest speed-up over PyTorch they allow. Peak memory: on
-GPU the allocator's peak for each framework; on CPU XLA's own memory analysis of the compiled step for superjax (PyTorch's CPU
-allocator exposes no peak).
+GPU the allocator's peak for each framework; on CPU XLA's own memory analysis of the compiled
+step for superjax (PyTorch's CPU allocator exposes no peak).
 
     python benchmarks/bench_sae.py [--shapes 768x24576,2304x16384] [--batch 4096] [--steps 3]
         [--archs relu,topk] [--k 32] [--dtype float32|bfloat16] [--no-torch]
