@@ -48,6 +48,10 @@ MIN_FOURIER_QUERIES = 16_384
 #: clustered pairs come apart one direction per round, each removing only ~20 % of what is left,
 #: so the bar is a 3 % reduction, not more.
 PEEL_PROGRESS = 0.97
+#: Split stage (:func:`split`): each direction gets a twin this many rad away, and the split model
+#: is kept only when it at least halves the relative error of the fit it started from.
+SPLIT_ANGLE = 0.05
+SPLIT_GAIN = 0.5
 #: Eigenvalues of the order-4 Hermite moment count as signal above this multiple of the noise edge.
 HERMITE_EDGE = 1.5
 
@@ -71,6 +75,8 @@ class RecoveryConfig:
       fit_queries: queries kept for the final least-squares fit (half of them at scale 2 so that
         the fitted responses cover twice the query scale).
       refine: refine directions jointly with the responses in the final fit.
+      split: after the final fit, try splitting every direction in two (:func:`split`), which
+        separates close pairs (Δ ≲ 0.2 rad) that every search returns as one direction.
       scale: query scale s (queries x ~ N(0, s²I)).
       starts: random starts per Fourier round; rounds: maximum peeling rounds.
       taus: annealed radii of the Fourier fixed-point iteration (in units of 1/s).
@@ -81,6 +87,7 @@ class RecoveryConfig:
     budget: int = 1_000_000
     fit_queries: int = 40_000
     refine: bool = True
+    split: bool = True
     scale: float = 1.0
     starts: int = 128
     rounds: int = 12
@@ -187,16 +194,22 @@ def _rows(model: ridge.RidgeModel, keep) -> ridge.RidgeModel:
     return model._replace(directions=model.directions[keep], coef=model.coef[keep])
 
 
-def fit_ridge(directions, x, y, *, extent: float, refine: bool = False,
-              steps: int = 100) -> ridge.RidgeModel:
+def fit_ridge(directions, x, y, *, extent: float, refine: bool = False, steps: int = 100,
+              start: ridge.RidgeModel | None = None) -> ridge.RidgeModel:
     """:func:`ridge.fit` with the number of directions padded to a multiple of 16, so that a
-    search adding a few directions per round reuses one compiled fit instead of recompiling."""
+    search adding a few directions per round reuses one compiled fit instead of recompiling.
+
+    ``start`` warm-starts the fit: its responses initialise the first rows, its polynomial the
+    polynomial (its directions must be the first rows of ``directions``)."""
     v = jnp.asarray(directions, jnp.float32).reshape(-1, x.shape[1])
     m = v.shape[0]
     cap = 16 * max(1, -(-m // 16))
     pad = _random_unit(jax.random.key(0), cap - m, x.shape[1])
     active = jnp.arange(cap) < m
     model = ridge.init(jnp.concatenate([v, pad]), extent=extent)
+    if start is not None:
+        model = model._replace(coef=model.coef.at[: start.coef.shape[0]].set(start.coef),
+                               const=start.const, linear=start.linear, quad=start.quad)
     model = ridge.fit(model, x, y, steps=steps, active=active)
     if refine and m:
         model = ridge.fit(model, x, y, directions=True, steps=steps, active=active)
@@ -459,13 +472,81 @@ def student(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
 SEARCHES = {"fourier": fourier, "hessian": hessian, "hermite": hermite, "student": student}
 
 
+def merge_redundant(model: ridge.RidgeModel, x: Float[Array, "b d"], tol: float, *,
+                    close: float = 0.97) -> ridge.RidgeModel:
+    """Drops one direction of every close pair whose two ridges one ridge reproduces within ``tol``.
+
+    For directions i, j with |cos| > ``close`` the merge cost is the mean square, over ``x``, of
+    σ_i(u_iᵀx) + σ_j(u_jᵀx) − (σ_i + σ_j)(ūᵀx), ū their bisector: what is lost by carrying both
+    responses on one direction. Pairs are merged cheapest first while the cost stays below ``tol``,
+    keeping the direction whose response has the larger variance; refit afterwards.
+    """
+    resp = np.asarray(ridge.responses(model, x))
+    keep = list(range(model.directions.shape[0]))
+    while True:
+        v = np.asarray(ridge.unit(model.directions))[keep]
+        cos = v @ v.T
+        pairs = [(a, b) for a, b in zip(*np.nonzero(np.triu(np.abs(cos) > close, 1)), strict=True)]
+        if not pairs:
+            break
+        costs = []
+        for a, b in pairs:
+            i, j = keep[a], keep[b]
+            mid = ridge.unit(jnp.asarray(v[a] + np.sign(cos[a, b]) * v[b])[None])
+            both = model._replace(directions=jnp.concatenate([mid, mid]),
+                                  coef=model.coef[jnp.array([i, j])])
+            one = np.asarray(jnp.sum(ridge.responses(both, x), axis=1))
+            costs.append(float(np.mean((resp[:, i] + resp[:, j] - one) ** 2)))
+        best = int(np.argmin(costs))
+        if costs[best] >= tol:
+            break
+        a, b = pairs[best]
+        keep.pop(b if resp[:, keep[a]].var() >= resp[:, keep[b]].var() else a)
+    return _rows(model, np.asarray(keep, int))
+
+
+def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.RidgeModel, dict]:
+    """Splits directions that stand for two features too close for any search to tell apart.
+
+    Every direction u gets a twin at ``SPLIT_ANGLE`` rad along a random perpendicular, and the
+    doubled set is refitted jointly (responses and directions), starting from the input's
+    responses with silent twins: where u stands for a close pair
+    the refinement pulls u and its twin onto the two members; elsewhere the twin duplicates u or
+    dies. Twins with no response are pruned and redundant ones merged (:func:`merge_redundant`,
+    at the split fit's own residual level). The split model replaces the input only when its
+    relative error is at most ``SPLIT_GAIN`` times the input's, so targets without close pairs
+    keep their fit unchanged.
+    """
+    v = np.asarray(model.directions)
+    before = float(ridge.relative_mse(model, x, y))
+    g = np.asarray(jax.random.normal(key, v.shape))
+    g = g - np.sum(g * v, axis=1, keepdims=True) * v
+    twins = v + np.tan(SPLIT_ANGLE) * g / np.linalg.norm(g, axis=1, keepdims=True)
+    doubled = fit_ridge(np.concatenate([v, twins]), x, y, extent=extent, refine=True, start=model)
+    share = np.asarray(ridge.nonpolynomial_share(doubled, x[x.shape[0] // 2:]) / jnp.var(y))
+    doubled = _rows(doubled, np.flatnonzero(share > PRUNE))
+    after = float(ridge.relative_mse(doubled, x, y))
+    diag = {"split_error_before": before, "split_error_doubled": after, "split_accepted": False}
+    if after > SPLIT_GAIN * before:
+        return model, diag
+    merged = merge_redundant(doubled, x, tol=after * float(jnp.var(y)))
+    if merged.directions.shape[0] < doubled.directions.shape[0]:
+        merged = fit_ridge(merged.directions, x, y, extent=extent, refine=True)
+        if float(ridge.relative_mse(merged, x, y)) > SPLIT_GAIN * before:
+            merged = doubled
+    return merged, {**diag, "split_accepted": True, "split_error_after":
+                    float(ridge.relative_mse(merged, x, y)),
+                    "split_added": int(merged.directions.shape[0] - v.shape[0])}
+
+
 def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: RecoveryConfig
-           ) -> tuple[Array, ridge.RidgeModel]:
+           ) -> tuple[Array, ridge.RidgeModel, dict]:
     """Fits the ridge model on fresh queries, refines it, and drops empty or duplicate directions.
 
     A direction is kept when its response, after removing what the quadratic polynomial term can
     express, carries more than ``PRUNE`` of var f: spurious candidates end with quadratic
-    responses (~1e-7 of var f, against ≥ 1e-4 for true directions at noise 0.01).
+    responses (~1e-7 of var f, against ≥ 1e-4 for true directions at noise 0.01). With
+    ``config.split`` the result then goes through :func:`split`.
     """
     x, y = _fit_queries(oracle, key, config.fit_queries, config.scale)
     extent = 9.0 * config.scale
@@ -476,7 +557,10 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
         v = dedupe(np.asarray(model.directions)[strong], share[strong], 0.99)
         if len(v) != candidates.shape[0]:
             model = fit_ridge(v, x, y, extent=extent)
-    return model.directions, model
+    diag = {}
+    if config.split and model.directions.shape[0]:
+        model, diag = split(model, x, y, jax.random.fold_in(key, 1), extent=extent)
+    return model.directions, model, diag
 
 
 def recover(oracle: Oracle, method: str, key, config: RecoveryConfig = RecoveryConfig(),
@@ -495,8 +579,8 @@ def recover(oracle: Oracle, method: str, key, config: RecoveryConfig = RecoveryC
     start, used = time.perf_counter(), oracle.queries
     ks, kf = jax.random.split(key)
     candidates, diag = SEARCHES[method](oracle, ks, config, progress=progress)
-    directions, model = finish(oracle, kf, candidates, config)
-    diag = {**diag, "candidates": np.asarray(candidates)}
+    directions, model, split_diag = finish(oracle, kf, candidates, config)
+    diag = {**diag, **split_diag, "candidates": np.asarray(candidates)}
     return RecoveryResult(directions, model, oracle.queries - used, time.perf_counter() - start,
                           diag)
 
