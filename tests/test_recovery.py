@@ -206,3 +206,48 @@ def test_grid_summaries_count_seeds_and_find_the_smallest_sufficient_budget():
     assert s["seeds"] == 2 and s["recovery_rate_099"] == pytest.approx(0.85)
     assert (s["recovery_rate_099_min"], s["recovery_rate_099_max"]) == (0.7, 1.0)
     assert s["false_directions"] == 0.5
+
+
+def _pair_target(d=6, delta=0.1):
+    """A pair of features delta rad apart (tanh and sin) and two unrelated ones (ReLU, bump)."""
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(20), (d, d)))
+    u, w = q[0], q[1]
+    v = jnp.stack([jnp.cos(delta / 2) * u + jnp.sin(delta / 2) * w,
+                   jnp.cos(delta / 2) * u - jnp.sin(delta / 2) * w, q[2], q[3]])
+    target = O.Target(v, jnp.array([1.0, -0.8, 0.7, 1.2]), jnp.array([1, 3, 0, 4]),
+                      jnp.array([2.0, 1.5, 1.0, 1.0]), jnp.array([0.3, 0.5, 0.2, 0.0]))
+    return target, u
+
+
+def test_split_separates_a_close_pair_and_leaves_a_good_fit_alone():
+    target, mid = _pair_target()
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(21))
+    x, y = R._fit_queries(orc, jax.random.key(22), 12_000, 1.0)
+    v = np.asarray(target.directions)
+    # What every search returns for a 0.1-rad pair: one direction between its members.
+    merged = R.fit_ridge(np.stack([mid, v[2], v[3]]), x, y, extent=9.0, refine=True)
+    model, diag = R.split(merged, x, y, jax.random.key(23), extent=9.0)
+    assert diag["split_accepted"], diag
+    cos = np.abs(v @ np.asarray(model.directions).T)
+    assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.99), cos
+    assert diag["split_error_after"] < 0.1 * diag["split_error_before"], diag
+    # Started from the true directions there is nothing to split: the input comes back unchanged.
+    exact = R.fit_ridge(v, x, y, extent=9.0, refine=True)
+    same, diag = R.split(exact, x, y, jax.random.key(23), extent=9.0)
+    assert not diag["split_accepted"] and same is exact, diag
+
+
+def test_merge_redundant_drops_a_duplicate_but_not_a_distinct_pair():
+    target, _ = _pair_target()
+    x = jax.random.normal(jax.random.key(24), (8_000, 6))
+    v = np.asarray(target.directions)
+    model = R.fit_ridge(v, x, O.evaluate(target, x), extent=9.0)
+    # A copy of direction 2 at 0.01 rad carrying half its response: one ridge reproduces the sum.
+    twin = ridge.unit(jnp.asarray(v[2] + 0.01 * v[3])[None])
+    coef = model.coef.at[2].multiply(0.5)
+    doubled = model._replace(directions=jnp.concatenate([model.directions, twin]),
+                             coef=jnp.concatenate([coef, coef[2:3]]))
+    var_f = float(jnp.var(O.evaluate(target, x)))
+    out = R.merge_redundant(doubled, x, tol=1e-4 * var_f)
+    assert out.directions.shape[0] == 4
+    np.testing.assert_allclose(np.asarray(out.directions), np.asarray(model.directions), atol=1e-6)
