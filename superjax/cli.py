@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--budget", type=int, default=400_000, help="query budget")
     r.add_argument("--degenerate", type=int, default=0,
                    help="degenerate polynomial controls added to f (z, z², z³ in turn)")
+    r.add_argument("--no-split", action="store_true",
+                   help="skip the split stage that separates close pairs (recovery.split)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -212,7 +214,7 @@ def _recover(args) -> None:
     config = recovery_study.RecoverConfig(
         d=args.d, n=args.n, responses=args.responses, directions=args.directions,
         delta=args.delta, noise=args.noise, method=args.method, budget=args.budget,
-        degenerate=args.degenerate, seed=args.seed)
+        degenerate=args.degenerate, seed=args.seed, split=not args.no_split)
     _writable(args.out)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     rep = recovery_study.run(config, args.out, progress=say)

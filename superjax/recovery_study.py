@@ -28,6 +28,7 @@ class RecoverConfig:
     budget: int = 400_000
     degenerate: int = 0
     seed: int = 0
+    split: bool = True
 
     def __post_init__(self):
         _checks.positive_int("d", self.d, minimum=2, maximum=4096)
@@ -43,7 +44,7 @@ class RecoverConfig:
 
     def recovery_config(self) -> recovery.RecoveryConfig:
         fit = min(40_000, max(1000, self.budget // 5))
-        return recovery.RecoveryConfig(budget=self.budget, fit_queries=fit)
+        return recovery.RecoveryConfig(budget=self.budget, fit_queries=fit, split=self.split)
 
 
 def run(config: RecoverConfig, out: pathlib.Path | None = None, progress=None) -> dict:
