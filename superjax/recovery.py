@@ -481,27 +481,29 @@ def merge_redundant(model: ridge.RidgeModel, x: Float[Array, "b d"], tol: float,
     responses on one direction. Pairs are merged cheapest first while the cost stays below ``tol``,
     keeping the direction whose response has the larger variance; refit afterwards.
     """
-    resp = np.asarray(ridge.responses(model, x))
-    keep = list(range(model.directions.shape[0]))
-    while True:
-        v = np.asarray(ridge.unit(model.directions))[keep]
-        cos = v @ v.T
-        pairs = [(a, b) for a, b in zip(*np.nonzero(np.triu(np.abs(cos) > close, 1)), strict=True)]
-        if not pairs:
+    v = np.asarray(ridge.unit(model.directions))
+    cos = v @ v.T
+    i, j = np.nonzero(np.triu(np.abs(cos) > close, 1))
+    if not len(i):
+        return model
+    # Dropping a direction leaves the other responses as they are, so every pair's cost is fixed:
+    # evaluate all of them in one call (each pair's two responses on its bisector), then merge
+    # greedily, cheapest first.
+    mid = ridge.unit(jnp.asarray(v[i] + np.sign(cos[i, j])[:, None] * v[j]))
+    both = model._replace(directions=jnp.concatenate([mid, mid]),
+                          coef=jnp.concatenate([model.coef[i], model.coef[j]]))
+    one = ridge.responses(both, x)
+    resp = ridge.responses(model, x)
+    cost = np.asarray(jnp.mean((resp[:, i] + resp[:, j] - one[:, :len(i)] - one[:, len(i):]) ** 2,
+                               axis=0))
+    power = np.asarray(jnp.var(resp, axis=0))
+    alive = np.ones(len(v), bool)
+    for p in np.argsort(cost):
+        if cost[p] >= tol:
             break
-        costs = []
-        for a, b in pairs:
-            i, j = keep[a], keep[b]
-            mid = ridge.unit(jnp.asarray(v[a] + np.sign(cos[a, b]) * v[b])[None])
-            both = model._replace(directions=jnp.concatenate([mid, mid]),
-                                  coef=model.coef[jnp.array([i, j])])
-            one = np.asarray(jnp.sum(ridge.responses(both, x), axis=1))
-            costs.append(float(np.mean((resp[:, i] + resp[:, j] - one) ** 2)))
-        best = int(np.argmin(costs))
-        if costs[best] >= tol:
-            break
-        a, b = pairs[best]
-        keep.pop(b if resp[:, keep[a]].var() >= resp[:, keep[b]].var() else a)
+        if alive[i[p]] and alive[j[p]]:
+            alive[j[p] if power[i[p]] >= power[j[p]] else i[p]] = False
+    keep = np.flatnonzero(alive)
     return _rows(model, np.asarray(keep, int))
 
 
