@@ -512,10 +512,10 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
 
     Every direction u gets a twin at ``SPLIT_ANGLE`` rad along a random perpendicular, and the
     doubled set is refitted jointly (responses and directions), starting from the input's
-    responses with silent twins: where u stands for a close pair
-    the refinement pulls u and its twin onto the two members; elsewhere the twin duplicates u or
-    dies. Twins with no response are pruned and redundant ones merged (:func:`merge_redundant`,
-    at the split fit's own residual level). The split model replaces the input only when its
+    responses with silent twins: where u stands for a close pair the refinement pulls u and its
+    twin onto the two members; elsewhere the twin duplicates u or dies. Twins with no response
+    are pruned and redundant ones merged (:func:`merge_redundant`, at the split fit's own
+    residual level). The split model replaces the input only when its
     relative error is at most ``SPLIT_GAIN`` times the input's, so targets without close pairs
     keep their fit unchanged.
     """
