@@ -472,6 +472,12 @@ def student(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
 SEARCHES = {"fourier": fourier, "hessian": hessian, "hermite": hermite, "student": student}
 
 
+def _share(model: ridge.RidgeModel, x, y) -> np.ndarray:
+    """Each direction's non-polynomial response variance as a share of var f, measured on the
+    fit queries at the query scale (the second half; :func:`_fit_queries` doubles the first)."""
+    return np.asarray(ridge.nonpolynomial_share(model, x[x.shape[0] // 2:]) / jnp.var(y))
+
+
 def merge_redundant(model: ridge.RidgeModel, x: Float[Array, "b d"], tol: float, *,
                     close: float = 0.97) -> ridge.RidgeModel:
     """Drops one direction of every close pair whose two ridges one ridge reproduces within ``tol``.
@@ -515,9 +521,8 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
     responses with silent twins: where u stands for a close pair the refinement pulls u and its
     twin onto the two members; elsewhere the twin duplicates u or dies. Twins with no response
     are pruned and redundant ones merged (:func:`merge_redundant`, at the split fit's own
-    residual level). The split model replaces the input only when its
-    relative error is at most ``SPLIT_GAIN`` times the input's, so targets without close pairs
-    keep their fit unchanged.
+    residual level). The split model replaces the input only when its relative error is at most
+    ``SPLIT_GAIN`` times the input's, so targets without close pairs keep their fit unchanged.
     """
     v = np.asarray(model.directions)
     before = float(ridge.relative_mse(model, x, y))
@@ -525,19 +530,18 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
     g = g - np.sum(g * v, axis=1, keepdims=True) * v
     twins = v + np.tan(SPLIT_ANGLE) * g / np.linalg.norm(g, axis=1, keepdims=True)
     doubled = fit_ridge(np.concatenate([v, twins]), x, y, extent=extent, refine=True, start=model)
-    share = np.asarray(ridge.nonpolynomial_share(doubled, x[x.shape[0] // 2:]) / jnp.var(y))
-    doubled = _rows(doubled, np.flatnonzero(share > PRUNE))
+    doubled = _rows(doubled, np.flatnonzero(_share(doubled, x, y) > PRUNE))
     after = float(ridge.relative_mse(doubled, x, y))
     diag = {"split_error_before": before, "split_error_doubled": after, "split_accepted": False}
     if after > SPLIT_GAIN * before:
         return model, diag
-    merged = merge_redundant(doubled, x, tol=after * float(jnp.var(y)))
+    merged, error = merge_redundant(doubled, x, tol=after * float(jnp.var(y))), after
     if merged.directions.shape[0] < doubled.directions.shape[0]:
         merged = fit_ridge(merged.directions, x, y, extent=extent, refine=True)
-        if float(ridge.relative_mse(merged, x, y)) > SPLIT_GAIN * before:
-            merged = doubled
-    return merged, {**diag, "split_accepted": True, "split_error_after":
-                    float(ridge.relative_mse(merged, x, y)),
+        error = float(ridge.relative_mse(merged, x, y))
+        if error > SPLIT_GAIN * before:
+            merged, error = doubled, after
+    return merged, {**diag, "split_accepted": True, "split_error_after": error,
                     "split_added": int(merged.directions.shape[0] - v.shape[0])}
 
 
@@ -554,7 +558,7 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
     extent = 9.0 * config.scale
     model = fit_ridge(candidates, x, y, extent=extent, refine=config.refine)
     if candidates.shape[0]:
-        share = np.asarray(ridge.nonpolynomial_share(model, x[x.shape[0] // 2:]) / jnp.var(y))
+        share = _share(model, x, y)
         strong = share > PRUNE
         v = dedupe(np.asarray(model.directions)[strong], share[strong], 0.99)
         if len(v) != candidates.shape[0]:
