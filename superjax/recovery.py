@@ -194,23 +194,37 @@ def _rows(model: ridge.RidgeModel, keep) -> ridge.RidgeModel:
     return model._replace(directions=model.directions[keep], coef=model.coef[keep])
 
 
+def _padded(model: ridge.RidgeModel) -> ridge.RidgeModel:
+    """``model`` with silent rows (direction e₁, zero response) up to a multiple of 16 rows, so
+    that a search whose direction count changes every round reuses one compiled program."""
+    m, d = model.directions.shape
+    extra = 16 * max(1, -(-m // 16)) - m
+    return model._replace(
+        directions=jnp.concatenate([model.directions, jnp.eye(1, d).repeat(extra, 0)]),
+        coef=jnp.concatenate([model.coef, jnp.zeros((extra, model.coef.shape[1]))]))
+
+
+def _shares(model: ridge.RidgeModel, x) -> np.ndarray:
+    """:func:`ridge.nonpolynomial_share` of every direction (through :func:`_padded`)."""
+    m = model.directions.shape[0]
+    return np.asarray(ridge.nonpolynomial_share(_padded(model), x))[:m]
+
+
 def fit_ridge(directions, x, y, *, extent: float, refine: bool = False, steps: int = 100,
               start: ridge.RidgeModel | None = None) -> ridge.RidgeModel:
-    """:func:`ridge.fit` with the number of directions padded to a multiple of 16, so that a
+    """:func:`ridge.fit` through :func:`_padded` (padding rows kept out of the fit), so that a
     search adding a few directions per round reuses one compiled fit instead of recompiling.
 
     ``start`` warm-starts the fit: its responses initialise the first rows, its polynomial the
     polynomial (its directions must be the first rows of ``directions``)."""
     v = jnp.asarray(directions, jnp.float32).reshape(-1, x.shape[1])
     m = v.shape[0]
-    cap = 16 * max(1, -(-m // 16))
-    pad = _random_unit(jax.random.key(0), cap - m, x.shape[1])
-    active = jnp.arange(cap) < m
-    model = ridge.init(jnp.concatenate([v, pad]), extent=extent)
+    model = _padded(ridge.init(v, extent=extent))
+    active = jnp.arange(model.directions.shape[0]) < m
     if start is not None:
         model = model._replace(coef=model.coef.at[: start.coef.shape[0]].set(start.coef),
                                const=start.const, linear=start.linear, quad=start.quad)
-    model = ridge.fit(model, x, y, steps=steps, active=active)
+    model = ridge.fit(model, x, y, directions=False, steps=steps, active=active)
     if refine and m:
         model = ridge.fit(model, x, y, directions=True, steps=steps, active=active)
     return _rows(model, slice(0, m))
@@ -235,7 +249,7 @@ def fourier(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(),
     for r in range(config.rounds):
         model = fit_ridge(found, xf, yf, extent=4.5 * s, refine=True, steps=60)
         if len(found):
-            share = np.asarray(ridge.nonpolynomial_share(model, xf) / jnp.var(yf))
+            share = _shares(model, xf) / float(jnp.var(yf))
             keep = share > PRUNE
             model = _rows(model, np.flatnonzero(keep))
             found = np.asarray(model.directions)
@@ -475,7 +489,7 @@ SEARCHES = {"fourier": fourier, "hessian": hessian, "hermite": hermite, "student
 def _share(model: ridge.RidgeModel, x, y) -> np.ndarray:
     """Each direction's non-polynomial response variance as a share of var f, measured on the
     fit queries at the query scale (the second half; :func:`_fit_queries` doubles the first)."""
-    return np.asarray(ridge.nonpolynomial_share(model, x[x.shape[0] // 2:]) / jnp.var(y))
+    return _shares(model, x[x.shape[0] // 2:]) / float(jnp.var(y))
 
 
 def merge_redundant(model: ridge.RidgeModel, x: Float[Array, "b d"], tol: float, *,

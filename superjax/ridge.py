@@ -33,7 +33,8 @@ def init(directions: Float[Array, "m d"], *, knots: int = 48, extent: float = 9.
     """A zero model on ``directions`` with ``knots`` spline coefficients on [−extent, extent]."""
     m, d = directions.shape
     return RidgeModel(jnp.asarray(directions, jnp.float32), jnp.zeros((m, knots)), jnp.zeros(()),
-                      jnp.zeros(d), jnp.zeros((d, d)), jnp.asarray(-extent), jnp.asarray(extent))
+                      jnp.zeros(d), jnp.zeros((d, d)), jnp.asarray(-extent, jnp.float32),
+                      jnp.asarray(extent, jnp.float32))
 
 
 def _bspline_weights(u: Array, k: int) -> tuple[Array, Array]:
@@ -120,9 +121,11 @@ def fit(model: RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
     m = model.coef.shape[0]
     live = jnp.ones(m) if active is None else jnp.asarray(active, jnp.float32)
     # Gradient mask: padding rows (active False) stay exactly zero, so callers can bucket the
-    # number of directions and reuse one compiled fit.
+    # number of directions and reuse one compiled fit; ``directions`` and ``steps`` are traced
+    # too, so one program serves the response-only and the joint fit at any length.
+    moves = jnp.asarray(directions, jnp.float32)
     mask = jax.tree.map(jnp.ones_like, model)._replace(
-        directions=live[:, None] * float(directions) * jnp.ones_like(model.directions),
+        directions=live[:, None] * moves * jnp.ones_like(model.directions),
         coef=live[:, None] * jnp.ones_like(model.coef), lo=jnp.zeros(()), hi=jnp.zeros(()))
     pre = _preconditioner(model, x)
     def loss(p):
@@ -132,20 +135,20 @@ def fit(model: RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
     tx = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
 
-    def body(carry, _):
+    def body(_, carry):
         params, state = carry
         value, grad = value_and_grad(params, state=state)
         grad = jax.tree.map(jnp.multiply, grad, mask)
         updates, state = tx.update(grad, state, params, value=value, grad=grad, value_fn=loss)
-        return (optax.apply_updates(params, updates), state), value
+        return optax.apply_updates(params, updates), state
 
     start = jax.tree.map(jnp.multiply, model, pre)
-    (params, _), _ = jax.lax.scan(body, (start, tx.init(start)), None, length=steps)
+    params, _ = jax.lax.fori_loop(0, steps, body, (start, tx.init(start)))
     model = jax.tree.map(jnp.divide, params, pre)
     return model._replace(directions=unit(model.directions))
 
 
-fit = jax.jit(fit, static_argnames=("directions", "steps"))
+fit = jax.jit(fit)
 
 
 def nonpolynomial_share(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, " m"]:
