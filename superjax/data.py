@@ -144,9 +144,13 @@ def feature_probabilities(config: DataConfig) -> Float[Array, " n"]:
 
 
 def sample_support(
-    key: PRNGKeyArray, config: DataConfig, batch_size: int
+    key: PRNGKeyArray, config: DataConfig, batch_size: int, *, k: Int[Array, ""] | None = None
 ) -> Float[Array, "batch n"]:
-    """0/1 masks of active features, shape (batch_size, N)."""
+    """0/1 masks of active features, shape (batch_size, N).
+
+    ``k`` (fixed-K supports only) may be a traced integer that replaces ``config.k``: the same
+    draw, selected by rank instead of ``top_k``, so one compiled program serves every K.
+    """
     logw = feature_log_weights(config)
     if config.support == "bernoulli":
         p = feature_probabilities(config)
@@ -154,18 +158,22 @@ def sample_support(
     # Gumbel-top-k draws K distinct features with probability proportional to the weights,
     # sequentially without replacement (uniform weights: every K-subset equally likely).
     scores = logw + jax.random.gumbel(key, (batch_size, config.n))
+    if k is not None:  # the K largest scores, ties to the lower index as in top_k
+        rank = jnp.argsort(jnp.argsort(-scores, axis=-1, stable=True), axis=-1)
+        return (rank < k).astype(jnp.float32)
     _, idx = jax.lax.top_k(scores, config.k)
     return jnp.zeros((batch_size, config.n)).at[jnp.arange(batch_size)[:, None], idx].set(1.0)
 
 
-def sample_codes(key: PRNGKeyArray, config: DataConfig, batch_size: int) -> Float[Array, "b n"]:
+def sample_codes(key: PRNGKeyArray, config: DataConfig, batch_size: int, *,
+                 k: Int[Array, ""] | None = None) -> Float[Array, "b n"]:
     """Sparse codes: support from :func:`sample_support`, amplitudes N(0,1) or |N(0,1)|."""
     _checks.positive_int("batch_size", batch_size)
     key_s, key_a = jax.random.split(key)
     amplitude = jax.random.normal(key_a, (batch_size, config.n))
     if not config.signed:
         amplitude = jnp.abs(amplitude)
-    return sample_support(key_s, config, batch_size) * amplitude
+    return sample_support(key_s, config, batch_size, k=k) * amplitude
 
 
 def sample_batch(

@@ -51,6 +51,7 @@ def abs_cosine(a: Float[Array, "m p"], b: Float[Array, "m q"]) -> Float[Array, "
     return jnp.clip(jnp.abs(c), 0.0, 1.0)
 
 
+@jax.jit  # optax's matching is a scan: eagerly it would recompile on every call
 def matched_scores(score: Float[Array, "p q"]) -> Float[Array, " p"]:
     """For each row, its score under the maximum-weight one-to-one matching (0 if unmatched)."""
     rows, cols = optax.assignment.hungarian_algorithm(-score)

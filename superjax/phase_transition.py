@@ -133,16 +133,18 @@ def _solver(config: PhaseTransitionConfig) -> Callable:
 def _cell_success(config, m, k, key, solve) -> np.ndarray:
     """Success (bool per trial) of L1 recovery at (M, K), one fresh dictionary per trial."""
     keys = jax.random.split(key, config.trials)
-    cfg = data.DataConfig(m=m, n=config.n, k=k, signed=config.signed)
-    dicts, codes = _draw(keys, cfg)
+    # K is traced (config.k = 1 is a placeholder): one compiled draw per M, not per cell.
+    cfg = data.DataConfig(m=m, n=config.n, k=1, signed=config.signed)
+    dicts, codes = _draw(keys, k, cfg)
     return np.asarray(solve(dicts, jnp.einsum("tmn,tn->tm", dicts, codes), codes))
 
 
 @functools.partial(jax.jit, static_argnames="cfg")
-def _draw(keys, cfg: data.DataConfig):
+def _draw(keys, k, cfg: data.DataConfig):
     def one(key):
         kd, kz = jax.random.split(key)
-        return data.gaussian_dictionary(kd, cfg.m, cfg.n), data.sample_codes(kz, cfg, 1)[0]
+        return (data.gaussian_dictionary(kd, cfg.m, cfg.n),
+                data.sample_codes(kz, cfg, 1, k=k)[0])
 
     return jax.vmap(one)(keys)
 

@@ -8,6 +8,7 @@ step (so runs resume exactly), and a separate held-out test set for every report
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import time
 from typing import Any
@@ -128,18 +129,19 @@ def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool):
     return model, truth, test, k_eval, result
 
 
+@functools.partial(jax.jit, static_argnames="batch_size")
+def _rows_at(rows, order_key, step, *, batch_size: int):
+    """The batch of ``step``: ``batch_size`` rows drawn with replacement by fold_in(key, step)."""
+    idx = jax.random.randint(jax.random.fold_in(order_key, step), (batch_size,), 0, rows.shape[0])
+    return rows[idx]
+
+
 def fit_rows(sae: models.SAEConfig, rows, fit_config: train.FitConfig,
              out: pathlib.Path | None = None, *, seed: int, order_key, batch_size: int,
              init_decoder=None, progress: bool = True
              ) -> tuple[models.SparseAutoencoder, train.FitResult]:
     """Trains an SAE on an in-memory array; the batch of step s is drawn from fold_in(key, s)."""
-
-    @jax.jit
-    def batches_at(step):
-        idx = jax.random.randint(jax.random.fold_in(order_key, step), (batch_size,), 0,
-                                 rows.shape[0])
-        return rows[idx]
-
+    batches_at = functools.partial(_rows_at, jnp.asarray(rows), order_key, batch_size=batch_size)
     result = train.fit(sae, batches_at, fit_config, out, seed=seed, init_decoder=init_decoder,
                        progress=progress)
     graphdef, _ = nnx.split(models.SparseAutoencoder(sae, rngs=nnx.Rngs(0)))

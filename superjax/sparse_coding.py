@@ -13,6 +13,7 @@ be static under ``jax.jit``. Results are NamedTuples carrying convergence inform
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -254,6 +255,17 @@ def fista(
     lam = _check_lam(lam, y.shape[:-1])
     step = 1.0 / (lipschitz_constant(dictionary) if lipschitz is None else lipschitz)
     z0 = jnp.zeros(y.shape[:-1] + (dictionary.shape[1],), y.dtype) if init is None else init
+
+    return _fista_loop(dictionary, y, z0, lam, step, tol, max_iter=max_iter, nonneg=nonneg,
+                       accelerated=accelerated, restart=restart, trace=trace)
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "nonneg", "accelerated", "restart",
+                                             "trace"))
+def _fista_loop(dictionary, y, z0, lam, step, tol, *, max_iter, nonneg, accelerated, restart,
+                trace) -> SparseCodingResult:
+    """:func:`fista` after validation; compiled once per shape and option set (called eagerly, a
+    while loop would recompile on every call)."""
 
     def single(yi, z0i, lami):
         state = _fista_init(dictionary, yi, z0i, lami)

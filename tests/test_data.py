@@ -54,6 +54,19 @@ def test_zipf_frequencies_follow_the_weights():
     assert np.all(np.diff(freq[::5]) < 0)
 
 
+@pytest.mark.parametrize("frequencies", ["uniform", "zipf"])
+def test_traced_k_draws_exactly_the_top_k_support(frequencies):
+    # One compiled program for every K (the phase-transition sweep) must not change any draw.
+    key = jax.random.key(7)
+    draw = jax.jit(lambda k: data.sample_codes(key, data.DataConfig(m=8, n=40, k=1,
+                                                                    frequencies=frequencies),
+                                               64, k=k))
+    for k in (1, 5, 40):
+        want = data.sample_codes(key, data.DataConfig(m=8, n=40, k=k, frequencies=frequencies), 64)
+        np.testing.assert_array_equal(np.asarray(draw(k)), np.asarray(want))
+    assert draw._cache_size() == 1
+
+
 def test_bernoulli_support_has_k_on_average_with_capped_probabilities():
     cfg = data.DataConfig(m=8, n=30, k=6, support="bernoulli", frequencies="zipf",
                           zipf_exponent=2.0)
