@@ -53,16 +53,19 @@ def l1_sae_loss(
     """mean ‖x − x̂‖² + λ · mean Σ_j |z_j| ‖W_dec[j]‖."""
     mse, fvu = _reconstruction(x, out)
     norms = jnp.linalg.norm(w_dec, axis=1)
-    sparsity = jnp.mean(jnp.sum(jnp.abs(out.codes) * norms, axis=-1))
-    l0 = jnp.mean(jnp.sum(out.codes != 0, axis=-1))
-    return mse + lam * sparsity, LossAux(mse, sparsity, l0, fvu, _density(out))
+    # Batch means per latent first: one column reduction of the (b, n) codes serves the penalty
+    # and its gradient in the norms, and L0 is the sum of the densities (no second mask pass).
+    sparsity = jnp.mean(jnp.abs(out.codes), axis=0) @ norms
+    density = _density(out)
+    return mse + lam * sparsity, LossAux(mse, sparsity, jnp.sum(density), fvu, density)
 
 
 def mse_loss(x: Float[Array, "b d"], out: SAEOutput) -> tuple[Array, LossAux]:
     """mean ‖x − x̂‖² (TopK and BatchTopK: sparsity is enforced by the activation)."""
     mse, fvu = _reconstruction(x, out)
-    l0 = jnp.mean(jnp.sum(out.codes != 0, axis=-1))
-    return mse, LossAux(mse, l0, l0, fvu, _density(out))
+    density = _density(out)
+    l0 = jnp.sum(density)
+    return mse, LossAux(mse, l0, l0, fvu, density)
 
 
 def jumprelu_loss(
