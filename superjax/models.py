@@ -45,7 +45,9 @@ class SAEConfig:
       k: active latents per sample for ``topk`` / ``batchtopk`` (average for the latter).
       jumprelu_init_threshold: initial θ for ``jumprelu``.
       jumprelu_bandwidth: width ε of the rectangle kernel in the straight-through estimator.
-      encoder: "linear" (one layer), "mlp" (one hidden ReLU layer of width ``hidden``) or
+      encoder: "linear" (one layer), "mlp" (the one-layer map plus a correction through one hidden
+        ReLU layer of width ``hidden``, zero at initialisation, so training starts from the
+        one-layer encoder at W_decᵀ like the others instead of from an unrelated random map) or
         "lista" (``lista_steps`` unrolled ISTA steps through the decoder, learned per-step
         matrices and biases; Gregor & LeCun 2010).
         "fista" is no learned encoder at all: the codes are ``fista_steps`` non-negative FISTA
@@ -107,7 +109,7 @@ class SAEConfig:
         """Multiply-adds ×2 of one forward pass of the encoder (per sample)."""
         d, n = self.d_in, self.d_sae
         if self.encoder == "mlp":
-            return 2 * d * self.hidden_width + 2 * self.hidden_width * n
+            return 2 * d * n + 2 * d * self.hidden_width + 2 * self.hidden_width * n
         if self.encoder == "lista":
             return 2 * d * n + self.lista_steps * 4 * d * n
         if self.encoder == "fista":
@@ -162,18 +164,17 @@ class SparseAutoencoder(nnx.Module):
         w_dec = jax.random.normal(rngs.params(), (config.d_sae, config.d_in))
         w_dec = w_dec / jnp.linalg.norm(w_dec, axis=1, keepdims=True)
         self.W_dec = nnx.Param(w_dec)
-        if config.encoder in ("linear", "lista"):
+        if config.encoder in ("linear", "mlp", "lista"):
             # Encoder starts as the decoder transpose (Conerly et al. 2024; Gao et al. 2024).
             self.W_enc = nnx.Param(w_dec.T)
         self.b_enc = nnx.Param(jnp.zeros((config.d_sae,)))
         self.b_dec = nnx.Param(jnp.zeros((config.d_in,)))
         if config.encoder == "mlp":
             h = config.hidden_width
-            k1, k2 = jax.random.split(rngs.params())
             self.W_hidden = nnx.Param(
-                jax.random.normal(k1, (config.d_in, h)) / jnp.sqrt(config.d_in))
+                jax.random.normal(rngs.params(), (config.d_in, h)) / jnp.sqrt(config.d_in))
             self.b_hidden = nnx.Param(jnp.zeros((h,)))
-            self.W_out = nnx.Param(jax.random.normal(k2, (h, config.d_sae)) / jnp.sqrt(h))
+            self.W_out = nnx.Param(jnp.zeros((h, config.d_sae)))
         if config.encoder == "lista":
             # Step t: z ← σ(z + (x̃ − z W_dec) S_t + c_t); S_t starts as ½·W_decᵀ (an ISTA step).
             self.S = nnx.Param(
@@ -200,7 +201,7 @@ class SparseAutoencoder(nnx.Module):
                 self.config.fista_steps, nonneg=True).codes
         if self.config.encoder == "mlp":
             h = jax.nn.relu(centred @ self.W_hidden[...] + self.b_hidden[...])
-            return h @ self.W_out[...] + self.b_enc[...]
+            return centred @ self.W_enc[...] + h @ self.W_out[...] + self.b_enc[...]
         # (x − b_dec) W_enc written as x W_enc − b_dec W_enc: the same function, but its gradient
         # for b_dec is a vector–matrix product instead of a batch × d_sae × d_in matmul (the
         # input x needs no gradient), which saves one of the step's six large matmuls.

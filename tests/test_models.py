@@ -167,13 +167,21 @@ def test_lista_encoder_is_unrolled_ista_through_the_decoder():
     assert cfg.encoder_flops() == 2 * 8 * 16 + 2 * 4 * 8 * 16
 
 
-def test_mlp_encoder_shapes_and_no_linear_encoder():
+def test_mlp_encoder_starts_as_the_one_layer_encoder_and_learns_its_correction():
     cfg = models.SAEConfig(d_in=8, d_sae=16, encoder="mlp", hidden=24)
     m = models.SparseAutoencoder(cfg, rngs=nnx.Rngs(0))
-    out = m(_x())
+    one = models.SparseAutoencoder(models.SAEConfig(d_in=8, d_sae=16), rngs=nnx.Rngs(0))
+    x = _x()
+    out = m(x)
     chex.assert_shape(out.codes, (32, 16))
-    assert not hasattr(m, "W_enc") and m.W_hidden[...].shape == (8, 24)
-    assert cfg.encoder_flops() == 2 * 8 * 24 + 2 * 24 * 16
+    assert m.W_hidden[...].shape == (8, 24) and m.W_out[...].shape == (24, 16)
+    # Same decoder draw, encoder at W_decᵀ, zero correction: the one-layer SAE's function.
+    chex.assert_trees_all_close(m.W_dec[...], one.W_dec[...])
+    chex.assert_trees_all_close(out.pre_activations, one(x).pre_activations, atol=1e-5)
+    # The correction's output layer gets a gradient at initialisation (its input layer cannot yet).
+    grads = nnx.grad(lambda mm: jnp.sum(mm(x).codes))(m)
+    assert float(jnp.abs(grads.W_out[...]).max()) > 0
+    assert cfg.encoder_flops() == 2 * 8 * 16 + 2 * 8 * 24 + 2 * 24 * 16
 
 
 def test_decoder_bias_from_geometric_median_resists_outliers():
