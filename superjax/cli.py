@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="superjax", description=(
         "Extract features stored in superposition and measure how far each method is from "
         "the theoretical limit."))
+    p.add_argument("--distributed", action="store_true",
+                   help="join a multi-process run first (jax.distributed.initialize): detected on "
+                        "TPU, Slurm and Open MPI; elsewhere give --coordinator, --num-processes "
+                        "and --process-id. Every process runs the same command; process 0 writes")
+    p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (--distributed)")
+    p.add_argument("--num-processes", type=int, default=None, help="processes (--distributed)")
+    p.add_argument("--process-id", type=int, default=None, help="this process (--distributed)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     b = sub.add_parser("bounds", help="compressed-sensing limits for (M, N, K), as JSON")
@@ -72,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="dense or gather: how --arch topk decodes and back-propagates (gather: "
                         "only the k chosen latents; same training, faster on CPU)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--devices", type=int, default=None,
+                   help="train data-parallel over this many devices (default all; the batch size "
+                        "must be a multiple of it)")
     s.add_argument("--activations", default=None,
                    help="train on this .npy/.safetensors file of activations (samples, M) instead "
                         "of synthetic data; N is then the SAE width")
@@ -174,7 +184,7 @@ def _phase_transition(args) -> None:
 
 
 def _train_sae(args) -> None:
-    from superjax import sae_study
+    from superjax import sae_study, train
 
     config = sae_study.TrainSAEConfig(
         m=args.m, n=args.n, k=args.k, arch=args.arch, latents=args.latents, sae_k=args.sae_k,
@@ -182,8 +192,9 @@ def _train_sae(args) -> None:
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
         seed=args.seed, activations=args.activations, k_aux=args.auxk,
         topk_kernel=args.topk_kernel)
+    mesh = train.data_mesh(args.devices)
     _writable(args.out)
-    rep = sae_study.run(config, args.out, progress=not args.quiet)
+    rep = sae_study.run(config, args.out, progress=not args.quiet, mesh=mesh)
     keys = ("latent_mcc", "latent_mcc_chance", "dict_recovery_rate", "dict_mean_cos",
             "random_dict_mean_cos", "fvu", "l0", "dead_fraction")
     keys = [k for k in keys if k in rep]  # an activation file has no ground truth
@@ -289,10 +300,25 @@ COMMANDS = {"bounds": _bounds, "phase-transition": _phase_transition, "train-sae
             "demo": _demo}
 
 
+def _join(args) -> None:
+    """jax.distributed.initialize with the given settings (None: detected from the cluster)."""
+    import jax
+
+    try:
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"--distributed: could not join the run ({err}); outside TPU, Slurm and "
+                         f"Open MPI give --coordinator HOST:PORT, --num-processes and "
+                         f"--process-id") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.distributed or args.coordinator is not None:
+            _join(args)
         COMMANDS[args.command](args)
     except (ValueError, FloatingPointError) as err:
         # ValueError covers bad input and unusable checkpoints (CheckpointError); a diverged

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from superjax import models
+from superjax import models, report
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -36,6 +36,8 @@ def export_saelens(model: models.SparseAutoencoder, directory: str | pathlib.Pat
                          f"activation={cfg.activation!r}; export supports one-layer relu, topk "
                          f"and jumprelu SAEs")
     directory = pathlib.Path(directory)
+    if not report.is_writer():  # one writer in a multi-process run
+        return directory
     directory.mkdir(parents=True, exist_ok=True)
     names = ["W_enc", "W_dec", "b_enc", "b_dec"] + (["threshold"] if cfg.activation == "jumprelu"
                                                     else [])

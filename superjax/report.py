@@ -36,9 +36,17 @@ def to_jsonable(x: Any) -> Any:
     return x
 
 
+def is_writer() -> bool:
+    """Whether this process writes results: process 0 of a multi-process run (or the only one)."""
+    return jax.process_index() == 0
+
+
 def write_json(path: str | pathlib.Path, obj: Any) -> pathlib.Path:
-    """Writes ``obj`` as indented, strict JSON (NaN/Inf become null); creates parent folders."""
+    """Writes ``obj`` as indented, strict JSON (NaN/Inf become null); creates parent folders.
+    In a multi-process run only process 0 writes (see :func:`is_writer`)."""
     path = pathlib.Path(path)
+    if not is_writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")

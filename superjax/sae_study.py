@@ -113,7 +113,7 @@ class TrainSAEConfig:
                                 topk_kernel=self.topk_kernel)
 
 
-def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool):
+def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool, mesh=None):
     """Data, training (or resume) and the trained model; shared by :func:`run` and the gap study."""
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "config.json", dataclasses.asdict(config))
@@ -124,7 +124,7 @@ def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool):
     model, result = fit_rows(config.sae, train_set, _fit_config(config), out, seed=config.seed,
                              order_key=k_order, batch_size=config.batch_size,
                              init_decoder=truth.T if config.known_dictionary else None,
-                             progress=progress)
+                             progress=progress, mesh=mesh)
     test = data.sample_batch(k_test, truth, dcfg, config.test_samples)
     return model, truth, test, k_eval, result
 
@@ -138,27 +138,30 @@ def _rows_at(rows, order_key, step, *, batch_size: int):
 
 def fit_rows(sae: models.SAEConfig, rows, fit_config: train.FitConfig,
              out: pathlib.Path | None = None, *, seed: int, order_key, batch_size: int,
-             init_decoder=None, progress: bool = True
+             init_decoder=None, progress: bool = True, mesh=None
              ) -> tuple[models.SparseAutoencoder, train.FitResult]:
-    """Trains an SAE on an in-memory array; the batch of step s is drawn from fold_in(key, s)."""
+    """Trains an SAE on an in-memory array; the batch of step s is drawn from fold_in(key, s).
+    ``mesh``: see :func:`superjax.train.fit` (default: data-parallel over every device)."""
     batches_at = functools.partial(_rows_at, jnp.asarray(rows), order_key, batch_size=batch_size)
     result = train.fit(sae, batches_at, fit_config, out, seed=seed, init_decoder=init_decoder,
-                       progress=progress)
+                       progress=progress, mesh=mesh)
     graphdef, _ = nnx.split(models.SparseAutoencoder(sae, rngs=nnx.Rngs(0)))
     return nnx.merge(graphdef, result.params), result
 
 
-def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True
+def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True, mesh=None
         ) -> dict[str, Any]:
     """Trains (or resumes) the SAE, evaluates it on held-out data, writes DIR/report.json.
 
     One-layer ReLU, TopK and JumpReLU SAEs are also written as a SAELens folder, DIR/saelens/.
+    Training is data-parallel over ``mesh`` (see :func:`superjax.train.fit`; default every
+    device); over several processes, process 0 writes the files.
     """
     out = pathlib.Path(out)
     if config.activations is not None:
-        return run_activations(config, out, progress=progress)
+        return run_activations(config, out, progress=progress, mesh=mesh)
     start = time.perf_counter()
-    model, truth, test, k_eval, result = _train(config, out, progress)
+    model, truth, test, k_eval, result = _train(config, out, progress, mesh)
     if model.config.encoder == "linear" and config.arch != "batchtopk":
         from superjax import export
 
@@ -185,8 +188,8 @@ def _fit_config(config: TrainSAEConfig) -> train.FitConfig:
                         train_decoder=not config.known_dictionary, k_aux=config.k_aux)
 
 
-def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool = True
-                    ) -> dict[str, Any]:
+def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool = True,
+                    mesh=None) -> dict[str, Any]:
     """Trains on an activation file (no ground truth): FVU, L0 and dead fraction on held-out rows.
 
     The SAE trains on activations scaled to mean norm √M; the scale is folded into the saved
@@ -209,7 +212,7 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
     report.write_json(out / "config.json", dataclasses.asdict(config))
     batches = activations.stream(arr, rows=rows, batch_size=config.batch_size, seed=config.seed)
     result = train.fit(config.sae, batches, _fit_config(config), out, seed=config.seed,
-                       progress=progress)
+                       progress=progress, mesh=mesh)
     graphdef, _ = nnx.split(models.SparseAutoencoder(config.sae, rngs=nnx.Rngs(0)))
     model = nnx.merge(graphdef, result.params)
     activations.fold_scale(model, batches.scale)

@@ -5,6 +5,11 @@ averaged over that mesh axis with ``lax.pmean``, so the same function runs under
 (or ``pmap``); without one it runs under ``jax.jit`` with a data-sharded batch and XLA inserts the
 reduction. Parameters are a plain dict pytree (``nnx.split`` once, ``nnx.merge`` inside the step).
 
+:func:`fit` uses the second form over a 1-D ``("data",)`` mesh of every device (:func:`data_mesh`):
+parameters and optimiser state replicated, each batch split along its rows. The same code runs
+on many machines after ``jax.distributed.initialize()``: every process builds the same global
+batch (the data position is the step) and keeps the rows of its own devices.
+
 After every update the decoder keeps unit-norm atoms: the gradient component parallel to each
 atom is removed before the optimiser sees it, and the atoms are renormalised after.
 """
@@ -12,6 +17,7 @@ atom is removed before the optimiser sees it, and the atoms are renormalised aft
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -21,11 +27,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float
 
-from superjax import _checks, losses, models
+from superjax import _checks, losses, models, report
 
 
 class TrainState(NamedTuple):
@@ -57,6 +66,33 @@ def init_state(model: models.SparseAutoencoder, tx: optax.GradientTransformation
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     return graphdef, TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+
+
+def data_mesh(devices: int | None = None) -> jax.sharding.Mesh:
+    """A 1-D ``("data",)`` mesh over the first ``devices`` devices (default: all of them, on every
+    process after ``jax.distributed.initialize``)."""
+    available = jax.device_count()
+    if devices is None:
+        devices = available
+    _checks.positive_int("devices", devices, maximum=available)
+    if devices < available and jax.process_count() > 1:
+        raise ValueError(f"devices={devices}: a run over {jax.process_count()} processes uses "
+                         f"all {available} devices")
+    return jax.make_mesh((devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:devices])
+
+
+def _on_mesh(tree: Any, sharding: NamedSharding) -> Any:
+    """Copies arrays that hold the same global value on every process onto ``sharding`` (copies,
+    so the donating train step never deletes a caller's array)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding, may_alias=False)
+
+    def place(x):  # another process owns some shards: each process fills its own
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(place, tree)
 
 
 def init_stack(config: models.SAEConfig, tx: optax.GradientTransformation, seeds: list[int]
@@ -157,6 +193,8 @@ class FitConfig:
 
 
 class FitResult(NamedTuple):
+    """``params`` live on this process's first device (one copy of the replicated weights)."""
+
     params: dict[str, Array]
     history: list[dict[str, float]]
     resumed_from: int | None
@@ -176,6 +214,7 @@ def fit(
     seed: int = 0,
     init_decoder: Float[Array, "d_sae d_in"] | None = None,
     progress: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> FitResult:
     """Trains an SAE; with ``out``, writes metrics.jsonl and checkpoints and resumes from them.
 
@@ -184,6 +223,13 @@ def fit(
     would have seen, and finishes with exactly its parameters. ``init_decoder`` (unit rows) sets
     W_dec and the encoder to its transpose, e.g. the true dictionary with
     ``config.train_decoder=False``.
+
+    Training is data-parallel over ``mesh`` (default :func:`data_mesh`: every device): the
+    state is replicated and each batch split along its rows, so the batch size must be a multiple
+    of the mesh size. Over several processes every process calls ``fit`` with the same arguments
+    and ``batches`` returning the same global batch; process 0 writes metrics.jsonl and shows
+    progress, and orbax coordinates the checkpoints. A run resumed on the same mesh finishes
+    exactly as an uninterrupted one; on another device count, within float rounding.
 
     Raises:
       FloatingPointError: the loss became NaN/Inf (the message names the step; no checkpoint is
@@ -206,8 +252,12 @@ def fit(
         model.W_dec[...] = init_decoder
         if hasattr(model, "W_enc"):
             model.W_enc[...] = init_decoder.T
+    mesh = data_mesh() if mesh is None else mesh
+    replicated, by_rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     graphdef, state = init_state(model, tx)
-    loop = {"train": state, "since_fired": jnp.zeros((sae.d_sae,), jnp.int32)}
+    loop = _on_mesh({"train": state, "since_fired": jnp.zeros((sae.d_sae,), jnp.int32)},
+                    replicated)
+    primary = report.is_writer()
     record = {**dataclasses.asdict(sae), **dataclasses.asdict(config), "seed": seed}
 
     ckpt, start, resumed = None, 0, None
@@ -217,12 +267,12 @@ def fit(
         if ckpt.latest_step() is not None:
             start, loop = ckpt.restore(loop, record)
             resumed = start
-    history = _load_history(out, start)
+    history = _load_history(out, start, rewrite=primary)
 
     train_step = make_train_step(graphdef, tx, train_decoder=config.train_decoder,
                                  k_aux=config.k_aux, aux_coef=config.aux_coef)
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=replicated, donate_argnums=0)
     def step(loop, batch):
         dead = loop["since_fired"] >= config.dead_window if config.k_aux else None
         new_state, metrics = train_step(loop["train"], batch, config.lam, dead)
@@ -231,10 +281,11 @@ def fit(
         return {"train": new_state, "since_fired": since}, metrics
 
     began = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", desc="fit")
+    bar = tqdm(total=config.steps, initial=start, disable=not (progress and primary),
+               unit="step", desc="fit")
     pending = None  # (step, loss) of the previous step, read after the next step is dispatched
     for s in range(start, config.steps):
-        loop, metrics = step(loop, batches(s))
+        loop, metrics = step(loop, _rows_on(batches(s), by_rows, sae.d_in))
         if pending is not None:
             _check_finite(*pending)
         pending = (s + 1, metrics["loss"])
@@ -243,7 +294,8 @@ def fit(
             row = {"step": done, **_scalars(metrics)}
             _check_finite(done, row["loss"])
             history.append(row)
-            _append_history(out, row)
+            if primary:
+                _append_history(out, row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}",
                             fvu=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.2f}")
         bar.update()
@@ -255,7 +307,21 @@ def fit(
         _check_finite(*pending)
     if ckpt is not None:
         ckpt.close()
-    return FitResult(loop["train"].params, history, resumed, time.perf_counter() - began)
+    params = jax.tree.map(lambda x: x.addressable_data(0), loop["train"].params)
+    return FitResult(params, history, resumed, time.perf_counter() - began)
+
+
+def _rows_on(batch, sharding: NamedSharding, d_in: int) -> Array:
+    """The step's batch, split by rows over the mesh (a clear error for a wrong shape)."""
+    if jnp.ndim(batch) != 2 or jnp.shape(batch)[1] != d_in:
+        raise ValueError(f"batches(step) must return a (batch, {d_in}) array, got shape "
+                         f"{jnp.shape(batch)}")
+    devices = sharding.mesh.size
+    if jnp.shape(batch)[0] % devices:
+        raise ValueError(f"a batch of {jnp.shape(batch)[0]} rows cannot be split evenly over "
+                         f"{devices} devices: use a batch size that is a multiple of {devices}, "
+                         f"or fewer devices (train.data_mesh(devices), --devices)")
+    return _on_mesh(batch, sharding)
 
 
 def _check_finite(step: int, loss) -> None:
@@ -265,13 +331,16 @@ def _check_finite(step: int, loss) -> None:
                                  f"the learning rate or check the data for NaN/Inf")
 
 
-def _load_history(out: pathlib.Path | None, upto: int) -> list[dict[str, float]]:
-    """Metric records up to the resumed step (later ones belong to the lost part of the run)."""
+def _load_history(out: pathlib.Path | None, upto: int, rewrite: bool = True
+                  ) -> list[dict[str, float]]:
+    """Metric records up to the resumed step (later ones belong to the lost part of the run);
+    ``rewrite`` drops the later ones from the file too."""
     if out is None or not (out / "metrics.jsonl").exists():
         return []
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     rows = [r for r in rows if r["step"] <= upto]
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if rewrite:
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 

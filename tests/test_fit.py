@@ -1,13 +1,19 @@
-"""fit(): exact resume after an interruption, refusal of mismatched or corrupt checkpoints, NaN."""
+"""fit(): data parallelism over devices and processes, exact resume after an interruption,
+refusal of mismatched or corrupt checkpoints, NaN."""
 
 import json
+import socket
+import subprocess
+import sys
 
 import chex
 import jax
 import jax.numpy as jnp
 import pytest
 
-from superjax import checkpoint, data, models, train
+from jax.sharding import PartitionSpec as P
+
+from superjax import checkpoint, data, models, sae_study, train
 
 SAE = models.SAEConfig(d_in=8, d_sae=16, activation="relu")
 CFG = train.FitConfig(steps=30, lam=1e-3, learning_rate=3e-3, warmup_steps=5, log_every=5,
@@ -82,3 +88,57 @@ def test_fit_config_validation():
         train.FitConfig(steps=0)
     with pytest.raises(ValueError, match="lam must lie in"):
         train.FitConfig(steps=10, lam=-1.0)
+
+
+def test_fit_is_data_parallel_over_every_device_and_matches_one_device(monkeypatch):
+    placed = []
+    rows_on = train._rows_on
+    monkeypatch.setattr(train, "_rows_on", lambda *a: placed.append(rows_on(*a)) or placed[-1])
+    four = train.fit(SAE, batches, CFG, progress=False)  # default: the 4 simulated devices
+    assert {len(b.sharding.device_set) for b in placed} == {4}
+    assert {b.sharding.spec for b in placed} == {P("data")}
+    one = train.fit(SAE, batches, CFG, progress=False, mesh=train.data_mesh(1))
+    # The same updates; only the order of the gradient sum differs.
+    chex.assert_trees_all_close(four.params, one.params, atol=1e-5)
+    for a, b in zip(four.history, one.history, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert set(four.params["W_dec"].sharding.device_set) == {jax.devices()[0]}
+
+
+def test_batch_that_cannot_be_split_over_the_devices_is_a_clear_error():
+    with pytest.raises(ValueError, match="62 rows cannot be split evenly over 4 devices"):
+        train.fit(SAE, lambda s: batches(s)[:62], CFG, progress=False)
+    with pytest.raises(ValueError, match=r"must return a \(batch, 8\) array"):
+        train.fit(SAE, lambda s: batches(s)[:, :7], CFG, progress=False)
+    with pytest.raises(ValueError, match="devices must be >= 1 and <= 4"):
+        train.data_mesh(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_the_same_sae_as_one_process_on_two_devices(tmp_path):
+    """`superjax --distributed` (jax.distributed over two CPU processes on localhost, one device
+    each) trains what one process does on a two-device mesh; process 0 alone writes the files."""
+    args = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--steps", "60", "--samples",
+            "2048", "--batch-size", "64", "--quiet", "--out", str(tmp_path / "two")]
+    port = _free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "superjax.cli", "--distributed", "--coordinator",
+         f"localhost:{port}", "--num-processes", "2", "--process-id", str(i), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    config = sae_study.TrainSAEConfig(m=8, n=16, k=3, steps=60, samples=2048, batch_size=64)
+    want = sae_study.run(config, tmp_path / "one", progress=False, mesh=train.data_mesh(2))
+    got = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert got["environment"]["device_count"] == "2"
+    for key in ("latent_mcc", "dict_mean_cos", "fvu", "l0", "final_train_loss"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    steps = [json.loads(line)["step"] for line in
+             (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # one writer
+    assert (tmp_path / "two" / "saelens" / "sae_weights.safetensors").exists()
