@@ -10,7 +10,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import pytest
-
 from jax.sharding import PartitionSpec as P
 
 from superjax import checkpoint, data, models, sae_study, train
