@@ -10,8 +10,12 @@ Pareto sweep trains ReLU and sparse coding over λ and TopK over k at one cell: 
 latent MCC vs L0.
 
     python experiments/dictionary_recovery.py [--ms 8,16,32] [--ratios 1,2,4] [--ks 3,9]
-        [--archs relu,topk,mlp,sparse-coding] [--steps 3000] [--pareto-cell 16,32,3]
-        [--collect] [--out runs/dictionary_recovery]
+        [--archs relu,topk,mlp,sparse-coding] [--lam mlp=0.3] [--steps 3000]
+        [--pareto-cell 16,32,3] [--collect] [--out runs/dictionary_recovery]
+
+--lam sets the L1 coefficient of the grid's runs: one value for every learner, or arch=value
+pairs (the others keep the default 0.1); a run with a λ other than 0.1 lives in its own
+directory (e.g. grid/m16_n64_k3/mlp_lam0.3), so several λ coexist under one --out.
 
 Runs resume: a finished run's report.json is read back, not retrained; an interrupted one
 continues from its last checkpoint. --collect tabulates and plots the finished runs only.
@@ -37,6 +41,15 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def _lams(text: str) -> dict[str, float]:
+    """"0.3" (every learner) or "mlp=0.3,relu=0.2" → {arch: λ} ("*" stands for every learner)."""
+    out = {}
+    for part in (v.strip() for v in text.split(",") if v.strip()):
+        arch, _, value = part.rpartition("=")
+        out[arch or "*"] = float(value)
+    return out
+
+
 def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path, collect: bool = False) -> dict | None:
     done = out / "report.json"
     if done.exists():
@@ -58,6 +71,7 @@ def _heat_maps(rows: list[dict], archs: list[str], path: pathlib.Path) -> None:
     rho_w = np.asarray(bounds.rho_weak(grid, False))
     for ax, arch in zip(axes[0], archs, strict=True):
         cells = [r for r in rows if r["arch"] == arch]
+        lam = f" (λ = {cells[0]['lam']:g})" if cells and arch != "topk" else ""
         sc = ax.scatter([r["delta"] for r in cells], [r["rho"] for r in cells],
                         c=[r["dict_recovery_rate"] for r in cells], cmap="viridis", vmin=0,
                         vmax=1, s=260, marker="s", edgecolors="k")
@@ -67,7 +81,7 @@ def _heat_maps(rows: list[dict], archs: list[str], path: pathlib.Path) -> None:
         ax.plot(grid, rho_w, "k-", lw=1.2, label="ρ_W(δ), non-negative")
         ax.plot(grid, 0.8 * rho_w, "k--", lw=1, label="0.8·ρ_W(δ)")
         ax.set(xscale="log", xlim=(0.05, 1.4), ylim=(0, 1.25), xlabel="δ = M/N",
-               ylabel="ρ = K/M", title=f"{arch}: atoms at |cos| ≥ 0.95")
+               ylabel="ρ = K/M", title=f"{arch}{lam}: atoms at |cos| ≥ 0.95")
         ax.legend(fontsize=7, loc="upper left")
     fig.colorbar(sc, ax=axes[0, -1], label="recovery rate")
     fig.tight_layout()
@@ -98,6 +112,8 @@ def main(argv=None) -> None:
     p.add_argument("--ratios", type=_ints, default=[1, 2, 4], help="N/M values (N <= 128)")
     p.add_argument("--ks", type=_ints, default=[3, 9])
     p.add_argument("--archs", default="relu,topk,mlp,sparse-coding")
+    p.add_argument("--lam", type=_lams, default={},
+                   help="L1 coefficient: a value, or arch=value pairs (default 0.1)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--samples", type=int, default=1 << 14)
     p.add_argument("--pareto-cell", type=_ints, default=[16, 32, 3], help="M,N,K ('' to skip)")
@@ -107,9 +123,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/dictionary_recovery"))
     args = p.parse_args(argv)
     archs = [a for a in args.archs.split(",") if a]
-    for a in archs:
+    for a in [*archs, *(a for a in args.lam if a != "*")]:
         if a not in sae_study.ARCHS:
             p.error(f"unknown arch {a!r}; choose from {', '.join(sae_study.ARCHS)}")
+    default_lam = sae_study.TrainSAEConfig.lam
     start = time.perf_counter()
     rows = []
     cells = [(m, m * r, k) for m in args.ms for r in args.ratios for k in args.ks
@@ -117,12 +134,14 @@ def main(argv=None) -> None:
     for i, (m, n, k) in enumerate(cells):
         b = bounds.recovery_bounds(m, n, k, False)
         for arch in archs:
+            lam = args.lam.get(arch, args.lam.get("*", default_lam))
             cfg = sae_study.TrainSAEConfig(m=m, n=n, k=k, arch=arch, steps=args.steps,
-                                           samples=args.samples, seed=args.seed)
-            rep = _run(cfg, args.out / "grid" / f"m{m}_n{n}_k{k}" / arch, args.collect)
+                                           samples=args.samples, seed=args.seed, lam=lam)
+            name = arch if lam == default_lam else f"{arch}_lam{lam:g}"
+            rep = _run(cfg, args.out / "grid" / f"m{m}_n{n}_k{k}" / name, args.collect)
             if rep is None:
                 continue
-            row = {"m": m, "n": n, "k": k, "arch": arch, "delta": m / n, "rho": k / m,
+            row = {"m": m, "n": n, "k": k, "arch": arch, "lam": lam, "delta": m / n, "rho": k / m,
                    "rho_weak": float(b.rho_weak), "inside_margin": bool(k / m <= 0.8 * b.rho_weak),
                    **{key: rep[key] for key in ("dict_recovery_rate", "dict_mean_cos",
                                                  "latent_mcc", "fvu", "l0", "dead_fraction")}}

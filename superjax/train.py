@@ -320,7 +320,8 @@ def _rows_on(batch, sharding: NamedSharding, d_in: int) -> Array:
     if jnp.shape(batch)[0] % devices:
         raise ValueError(f"a batch of {jnp.shape(batch)[0]} rows cannot be split evenly over "
                          f"{devices} devices: use a batch size that is a multiple of {devices}, "
-                         f"or fewer devices (train.data_mesh(devices), --devices)")
+                         f"or fewer devices (fit(mesh=train.data_mesh(n)), superjax train-sae "
+                         f"--devices n, or hide some with CUDA_VISIBLE_DEVICES)")
     return _on_mesh(batch, sharding)
 
 
