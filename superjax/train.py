@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import pathlib
 import time
 from collections.abc import Callable
@@ -95,13 +94,42 @@ def _on_mesh(tree: Any, sharding: NamedSharding) -> Any:
     return jax.tree.map(place, tree)
 
 
-def init_stack(config: models.SAEConfig, tx: optax.GradientTransformation, seeds: list[int]
-               ) -> tuple[nnx.GraphDef, TrainState]:
-    """One TrainState per seed, stacked along a leading axis (for a vmapped sweep)."""
+def init_stack(config: models.SAEConfig, tx: optax.GradientTransformation, seeds: list[int],
+               init_decoder: Array | None = None) -> tuple[nnx.GraphDef, TrainState]:
+    """One TrainState per seed, stacked along a leading axis (for a vmapped sweep).
+    ``init_decoder``: see :func:`fit`."""
     if not seeds:
         raise ValueError("seeds must name at least one seed")
-    pairs = [init_state(models.SparseAutoencoder(config, rngs=nnx.Rngs(s)), tx) for s in seeds]
+    pairs = [init_state(_initial_model(config, s, init_decoder), tx) for s in seeds]
     return pairs[0][0], jax.tree.map(lambda *xs: jnp.stack(xs), *(p[1] for p in pairs))
+
+
+def _initial_model(sae: models.SAEConfig, seed: int, init_decoder: Array | None
+                   ) -> models.SparseAutoencoder:
+    model = models.SparseAutoencoder(sae, rngs=nnx.Rngs(seed))
+    if init_decoder is not None:
+        init_decoder = _checks.float_array("init_decoder", init_decoder, ndims=(2,))
+        if init_decoder.shape != (sae.d_sae, sae.d_in):
+            raise ValueError(f"init_decoder must have shape (d_sae, d_in) = "
+                             f"{(sae.d_sae, sae.d_in)}, got {init_decoder.shape}")
+        model.W_dec[...] = init_decoder
+        if hasattr(model, "W_enc"):
+            model.W_enc[...] = init_decoder.T
+    return model
+
+
+def _sweep(lams: Any, seeds: Any, seed: int) -> tuple[list[float], list[int]] | None:
+    """(λ per SAE, seed per SAE) of a sweep, one given list broadcast to the other's length."""
+    if lams is None and seeds is None:
+        return None
+    lams = [None] if lams is None else [_checks.real_number("lams", v, minimum=0.0) for v in lams]
+    seeds = [seed] if seeds is None else [_checks.positive_int("seeds", v, minimum=0)
+                                          for v in seeds]
+    size = max(len(lams), len(seeds))
+    if not lams or not seeds or {len(lams), len(seeds)} - {1, size}:
+        raise ValueError(f"lams and seeds must be non-empty and of one length (or one of them a "
+                         f"single value), got {len(lams)} λ and {len(seeds)} seeds")
+    return lams * (size // len(lams)), seeds * (size // len(seeds))
 
 
 def make_train_step(
@@ -201,8 +229,10 @@ class FitResult(NamedTuple):
     seconds: float
 
 
-def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items() if jnp.ndim(v) == 0}
+def _record(metrics: dict[str, Any], stacked: bool) -> dict[str, float | list[float]]:
+    """The scalar metrics as floats (a sweep's as one list per metric, one value per SAE)."""
+    return {k: np.asarray(v).tolist() for k, v in jax.device_get(metrics).items()
+            if np.ndim(v) == int(stacked)}
 
 
 def fit(
@@ -215,6 +245,8 @@ def fit(
     init_decoder: Float[Array, "d_sae d_in"] | None = None,
     progress: bool = True,
     mesh: jax.sharding.Mesh | None = None,
+    lams: Any = None,
+    seeds: Any = None,
 ) -> FitResult:
     """Trains an SAE; with ``out``, writes metrics.jsonl and checkpoints and resumes from them.
 
@@ -231,6 +263,12 @@ def fit(
     progress, and orbax coordinates the checkpoints. A run resumed on the same mesh finishes
     exactly as an uninterrupted one; on another device count, within float rounding.
 
+    ``lams`` and/or ``seeds`` train a sweep of SAEs in one compiled step (vmapped over the
+    stacked states, every SAE on the same batch): one SAE per λ (replacing ``config.lam``) and per
+    initialisation seed (replacing ``seed``); a single value is shared by all. Then every metric
+    in the history is a list with one value per SAE, and ``params`` are stacked along a leading
+    axis in that order.
+
     Raises:
       FloatingPointError: the loss became NaN/Inf (the message names the step; no checkpoint is
         written from a non-finite state).
@@ -243,22 +281,19 @@ def fit(
 
     tx = optimizer(config.learning_rate, warmup_steps=config.warmup_steps,
                    total_steps=config.steps, clip_norm=config.clip_norm or None)
-    model = models.SparseAutoencoder(sae, rngs=nnx.Rngs(seed))
-    if init_decoder is not None:
-        init_decoder = _checks.float_array("init_decoder", init_decoder, ndims=(2,))
-        if init_decoder.shape != (sae.d_sae, sae.d_in):
-            raise ValueError(f"init_decoder must have shape (d_sae, d_in) = "
-                             f"{(sae.d_sae, sae.d_in)}, got {init_decoder.shape}")
-        model.W_dec[...] = init_decoder
-        if hasattr(model, "W_enc"):
-            model.W_enc[...] = init_decoder.T
+    sweep = _sweep(lams, seeds, seed)
+    graphdef, state = init_stack(sae, tx, [seed] if sweep is None else sweep[1], init_decoder)
+    record = {**dataclasses.asdict(sae), **dataclasses.asdict(config), "seed": seed}
+    if sweep is None:
+        state, lam, shape = jax.tree.map(lambda x: x[0], state), config.lam, (sae.d_sae,)
+    else:
+        sweep = ([config.lam if v is None else v for v in sweep[0]], sweep[1])
+        lam, shape = jnp.asarray(sweep[0], jnp.float32), (len(sweep[0]), sae.d_sae)
+        record["sweep"] = {"lams": sweep[0], "seeds": sweep[1]}
     mesh = data_mesh() if mesh is None else mesh
     replicated, by_rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    graphdef, state = init_state(model, tx)
-    loop = _on_mesh({"train": state, "since_fired": jnp.zeros((sae.d_sae,), jnp.int32)},
-                    replicated)
+    loop = _on_mesh({"train": state, "since_fired": jnp.zeros(shape, jnp.int32)}, replicated)
     primary = report.is_writer()
-    record = {**dataclasses.asdict(sae), **dataclasses.asdict(config), "seed": seed}
 
     ckpt, start, resumed = None, 0, None
     if out is not None:
@@ -271,13 +306,15 @@ def fit(
 
     train_step = make_train_step(graphdef, tx, train_decoder=config.train_decoder,
                                  k_aux=config.k_aux, aux_coef=config.aux_coef)
+    if sweep is not None:  # every SAE of the stack on the one batch
+        train_step = jax.vmap(train_step, in_axes=(0, None, 0, 0))
 
     @functools.partial(jax.jit, out_shardings=replicated, donate_argnums=0)
     def step(loop, batch):
         dead = loop["since_fired"] >= config.dead_window if config.k_aux else None
-        new_state, metrics = train_step(loop["train"], batch, config.lam, dead)
+        new_state, metrics = train_step(loop["train"], batch, lam, dead)
         since = jnp.where(metrics["density"] > 0, 0, loop["since_fired"] + batch.shape[0])
-        metrics["dead_fraction"] = jnp.mean(since >= config.dead_window)
+        metrics["dead_fraction"] = jnp.mean(since >= config.dead_window, axis=-1)
         return {"train": new_state, "since_fired": since}, metrics
 
     began = time.perf_counter()
@@ -287,24 +324,26 @@ def fit(
     for s in range(start, config.steps):
         loop, metrics = step(loop, _rows_on(batches(s), by_rows, sae.d_in))
         if pending is not None:
-            _check_finite(*pending)
+            _check_finite(*pending, sweep)
         pending = (s + 1, metrics["loss"])
         done = s + 1
         if done % config.log_every == 0 or done == config.steps:
-            row = {"step": done, **_scalars(metrics)}
-            _check_finite(done, row["loss"])
+            row = {"step": done, **_record(metrics, stacked=sweep is not None)}
+            _check_finite(done, row["loss"], sweep)
             history.append(row)
             if primary:
                 _append_history(out, row)
-            bar.set_postfix(loss=f"{row['loss']:.4g}", l0=f"{row['l0']:.1f}",
-                            fvu=f"{row['fvu']:.3f}", dead=f"{row['dead_fraction']:.2f}")
+            # a sweep shows its means (dead: the largest fraction)
+            bar.set_postfix(loss=f"{np.mean(row['loss']):.4g}", l0=f"{np.mean(row['l0']):.1f}",
+                            fvu=f"{np.mean(row['fvu']):.3f}",
+                            dead=f"{np.max(row['dead_fraction']):.2f}")
         bar.update()
         if ckpt is not None and (done % config.checkpoint_every == 0 or done == config.steps):
-            _check_finite(done, metrics["loss"])
+            _check_finite(done, metrics["loss"], sweep)
             ckpt.save(done, loop, record)
     bar.close()
     if pending is not None:
-        _check_finite(*pending)
+        _check_finite(*pending, sweep)
     if ckpt is not None:
         ckpt.close()
     params = jax.tree.map(lambda x: x.addressable_data(0), loop["train"].params)
@@ -325,11 +364,14 @@ def _rows_on(batch, sharding: NamedSharding, d_in: int) -> Array:
     return _on_mesh(batch, sharding)
 
 
-def _check_finite(step: int, loss) -> None:
-    value = float(loss)
-    if not math.isfinite(value):
-        raise FloatingPointError(f"training diverged: the loss is {value} at step {step}; lower "
-                                 f"the learning rate or check the data for NaN/Inf")
+def _check_finite(step: int, loss, sweep: tuple[list, list] | None = None) -> None:
+    values = np.atleast_1d(np.asarray(loss, np.float64))
+    if not np.isfinite(values).all():
+        i = int(np.argmin(np.isfinite(values)))
+        which = "" if sweep is None else (f" of SAE {i} of the sweep (λ = {sweep[0][i]}, seed "
+                                          f"{sweep[1][i]})")
+        raise FloatingPointError(f"training diverged: the loss{which} is {values[i]} at step "
+                                 f"{step}; lower the learning rate or check the data for NaN/Inf")
 
 
 def _load_history(out: pathlib.Path | None, upto: int, rewrite: bool = True

@@ -1,6 +1,7 @@
 """fit(): data parallelism over devices and processes, exact resume after an interruption,
 refusal of mismatched or corrupt checkpoints, NaN."""
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -141,3 +142,41 @@ def test_two_processes_train_the_same_sae_as_one_process_on_two_devices(tmp_path
              (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 60  # one writer
     assert (tmp_path / "two" / "saelens" / "sae_weights.safetensors").exists()
+
+
+def test_a_sweep_trains_each_sae_as_its_own_run_and_resumes_exactly(tmp_path):
+    lams, seeds = [1e-3, 1e-2, 3e-2], [0, 1, 2]
+    sweep = train.fit(SAE, batches, CFG, tmp_path / "full", progress=False, lams=lams,
+                      seeds=seeds)
+    assert sweep.params["W_dec"].shape == (3, 16, 8) and len(sweep.history[-1]["loss"]) == 3
+    for i, (lam, seed) in enumerate(zip(lams, seeds, strict=True)):
+        one = train.fit(SAE, batches, dataclasses.replace(CFG, lam=lam), seed=seed,
+                        progress=False)
+        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], sweep.params), one.params,
+                                    atol=1e-5)
+        assert sweep.history[-1]["l0"][i] == pytest.approx(one.history[-1]["l0"], rel=1e-4)
+
+    def interrupted(step):
+        if step == 15:
+            raise KeyboardInterrupt
+        return batches(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(SAE, interrupted, CFG, tmp_path / "resumed", progress=False, lams=lams,
+                  seeds=seeds)
+    resumed = train.fit(SAE, batches, CFG, tmp_path / "resumed", progress=False, lams=lams,
+                        seeds=seeds)
+    assert resumed.resumed_from == 10
+    chex.assert_trees_all_equal(resumed.params, sweep.params)
+    with pytest.raises(checkpoint.CheckpointError, match="sweep"):
+        train.fit(SAE, batches, CFG, tmp_path / "full", progress=False, lams=[1e-3, 1e-2, 0.1],
+                  seeds=seeds)
+
+
+def test_sweep_input_errors_and_a_diverging_member_is_named():
+    with pytest.raises(ValueError, match="3 λ and 2 seeds"):
+        train.fit(SAE, batches, CFG, progress=False, lams=[1e-3, 1e-2, 3e-2], seeds=[0, 1])
+    with pytest.raises(ValueError, match="lams must lie in"):
+        train.fit(SAE, batches, CFG, progress=False, lams=[1e-3, -1.0])
+    with pytest.raises(FloatingPointError, match=r"SAE 1 of the sweep \(λ = 3e\+38"):
+        train.fit(SAE, batches, CFG, progress=False, lams=[1e-3, 3e38])
