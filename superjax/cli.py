@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=3000)
     s.add_argument("--batch-size", type=int, default=1024)
     s.add_argument("--lam", type=float, default=0.1, help="L1 / L0 coefficient")
+    s.add_argument("--lams", type=_float_list, default=(),
+                   help="comma-separated λ values: one SAE each, trained in one compiled step "
+                        "(relu, jumprelu, mlp, lista); report.json then lists them under 'sweep'")
     s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     s.add_argument("--signed", action="store_true", help="signed codes (default non-negative)")
     s.add_argument("--auxk", type=int, default=0,
@@ -192,14 +195,16 @@ def _train_sae(args) -> None:
         known_dictionary=args.known_dictionary, samples=args.samples, steps=args.steps,
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
         seed=args.seed, activations=args.activations, k_aux=args.auxk,
-        topk_kernel=args.topk_kernel)
+        topk_kernel=args.topk_kernel, lams=args.lams)
     mesh = train.data_mesh(args.devices)
     _writable(args.out)
     rep = sae_study.run(config, args.out, progress=not args.quiet, mesh=mesh)
     keys = ("latent_mcc", "latent_mcc_chance", "dict_recovery_rate", "dict_mean_cos",
             "random_dict_mean_cos", "fvu", "l0", "dead_fraction")
-    keys = [k for k in keys if k in rep]  # an activation file has no ground truth
-    print("  ".join(f"{k}={rep[k]:.4f}" for k in keys))
+    for member in rep.get("sweep", [rep]):
+        shown = [k for k in keys if k in member]  # an activation file has no ground truth
+        lam = f"lam={member['lam']:g}  " if "sweep" in rep else ""
+        print(lam + "  ".join(f"{k}={member[k]:.4f}" for k in shown))
     print(f"wrote {args.out / 'report.json'}")
 
 

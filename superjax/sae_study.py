@@ -21,6 +21,7 @@ from flax import nnx
 from superjax import _checks, data, metrics, models, report, train
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mlp", "lista", "sparse-coding")
+SWEEP_ARCHS = ("relu", "jumprelu", "mlp", "lista")  # λ is an argument of their train step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,8 @@ class TrainSAEConfig:
       k_aux: AuxK against dead latents (see :class:`superjax.train.FitConfig`); 0 turns it off.
       topk_kernel: "dense" or "gather" for arch topk (see :class:`superjax.models.SAEConfig`);
         the same training, faster on CPU with "gather".
+      lams: a λ sweep: one SAE per value (replacing ``lam``), trained in one compiled step on the
+        same batches (:func:`superjax.train.fit`); for relu, jumprelu, mlp and lista.
     """
 
     m: int
@@ -66,6 +69,7 @@ class TrainSAEConfig:
     activations: str | None = None
     k_aux: int = 0
     topk_kernel: str = "dense"
+    lams: tuple[float, ...] = ()
 
     def __post_init__(self):
         data.DataConfig(m=self.m, n=self.n, k=self.k)  # validates m, n, k
@@ -85,6 +89,12 @@ class TrainSAEConfig:
         _checks.positive_int("seed", self.seed, minimum=0)
         _checks.positive_int("k_aux", self.k_aux, minimum=0, maximum=width)
         _checks.one_of("topk_kernel", self.topk_kernel, models.TOPK_KERNELS)
+        object.__setattr__(self, "lams", tuple(_checks.real_number("lams", v, minimum=0.0)
+                                               for v in self.lams))
+        if self.lams and self.arch not in SWEEP_ARCHS:
+            raise ValueError(f"--lams sweeps the L1/L0 coefficient of {', '.join(SWEEP_ARCHS)}; "
+                             f"{self.arch!r} has none that one compiled step can vary (TopK: "
+                             f"--sae-k; sparse coding: --lam per run)")
         if self.topk_kernel != "dense" and self.arch != "topk":
             raise ValueError(f"--topk-kernel {self.topk_kernel} is for --arch topk, got "
                              f"{self.arch!r}")
@@ -114,19 +124,20 @@ class TrainSAEConfig:
 
 
 def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool, mesh=None):
-    """Data, training (or resume) and the trained model; shared by :func:`run` and the gap study."""
+    """Data, training (or resume) and the trained models (one per λ of a sweep, else one);
+    shared by :func:`run` and the gap study."""
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "config.json", dataclasses.asdict(config))
     dcfg = data.DataConfig(m=config.m, n=config.n, k=config.k, signed=config.signed)
     k_dict, k_train, k_test, k_order, k_eval = jax.random.split(jax.random.key(config.seed), 5)
     truth = data.make_dictionary(k_dict, dcfg)
     train_set = data.sample_batch(k_train, truth, dcfg, config.samples).y
-    model, result = fit_rows(config.sae, train_set, _fit_config(config), out, seed=config.seed,
-                             order_key=k_order, batch_size=config.batch_size,
-                             init_decoder=truth.T if config.known_dictionary else None,
-                             progress=progress, mesh=mesh)
+    trained, result = fit_rows(config.sae, train_set, _fit_config(config), out,
+                               seed=config.seed, order_key=k_order, batch_size=config.batch_size,
+                               init_decoder=truth.T if config.known_dictionary else None,
+                               progress=progress, mesh=mesh, lams=config.lams or None)
     test = data.sample_batch(k_test, truth, dcfg, config.test_samples)
-    return model, truth, test, k_eval, result
+    return trained if config.lams else [trained], truth, test, k_eval, result
 
 
 @functools.partial(jax.jit, static_argnames="batch_size")
@@ -138,15 +149,36 @@ def _rows_at(rows, order_key, step, *, batch_size: int):
 
 def fit_rows(sae: models.SAEConfig, rows, fit_config: train.FitConfig,
              out: pathlib.Path | None = None, *, seed: int, order_key, batch_size: int,
-             init_decoder=None, progress: bool = True, mesh=None
-             ) -> tuple[models.SparseAutoencoder, train.FitResult]:
+             init_decoder=None, progress: bool = True, mesh=None, lams=None):
     """Trains an SAE on an in-memory array; the batch of step s is drawn from fold_in(key, s).
-    ``mesh``: see :func:`superjax.train.fit` (default: data-parallel over every device)."""
+    ``mesh``, ``lams``: see :func:`superjax.train.fit`. Returns (model, FitResult), or (a list
+    with one model per λ, FitResult) for a sweep."""
     batches_at = functools.partial(_rows_at, jnp.asarray(rows), order_key, batch_size=batch_size)
     result = train.fit(sae, batches_at, fit_config, out, seed=seed, init_decoder=init_decoder,
-                       progress=progress, mesh=mesh)
+                       progress=progress, mesh=mesh, lams=lams)
+    trained = unstack(sae, result.params, None if lams is None else len(lams))
+    return (trained if lams is not None else trained[0]), result
+
+
+def unstack(sae: models.SAEConfig, params, count: int | None = None
+            ) -> list[models.SparseAutoencoder]:
+    """Models from trained parameters: one, or ``count`` from a sweep's stacked parameters."""
     graphdef, _ = nnx.split(models.SparseAutoencoder(sae, rngs=nnx.Rngs(0)))
-    return nnx.merge(graphdef, result.params), result
+    if count is None:
+        return [nnx.merge(graphdef, params)]
+    return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], params)) for i in range(count)]
+
+
+def _member(config: TrainSAEConfig, result: train.FitResult, i: int) -> dict[str, Any]:
+    """λ and final training loss of SAE ``i`` (of a sweep, or the only one)."""
+    last = result.history[-1]["loss"] if result.history else None
+    if not config.lams:
+        return {"lam": config.lam, "final_train_loss": last}
+    return {"lam": config.lams[i], "final_train_loss": None if last is None else last[i]}
+
+
+def _saelens_dir(config: TrainSAEConfig, out: pathlib.Path, lam: float) -> pathlib.Path:
+    return out / "saelens" / (f"lam{lam:g}" if config.lams else "")
 
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True, mesh=None
@@ -160,15 +192,26 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
     out = pathlib.Path(out)
     if config.activations is not None:
         return run_activations(config, out, progress=progress, mesh=mesh)
-    start = time.perf_counter()
-    model, truth, test, k_eval, result = _train(config, out, progress, mesh)
-    if model.config.encoder == "linear" and config.arch != "batchtopk":
-        from superjax import export
+    from superjax import export
 
-        export.export_saelens(model, out / "saelens", source="superjax train-sae",
-                              **dataclasses.asdict(config))
-    rep = {"config": dataclasses.asdict(config), **evaluate(model, truth, test, k_eval),
-           "final_train_loss": result.history[-1]["loss"] if result.history else None,
+    start = time.perf_counter()
+    trained, truth, test, k_eval, result = _train(config, out, progress, mesh)
+    members = []
+    for i, model in enumerate(trained):
+        member = _member(config, result, i)
+        if model.config.encoder == "linear" and config.arch != "batchtopk":
+            export.export_saelens(model, _saelens_dir(config, out, member["lam"]),
+                                  source="superjax train-sae",
+                                  **{**dataclasses.asdict(config), "lam": member["lam"]})
+        members.append({**member, **evaluate(model, truth, test, k_eval)})
+    return _write_report(config, out, members, result, start)
+
+
+def _write_report(config: TrainSAEConfig, out: pathlib.Path, members: list[dict[str, Any]],
+                  result: train.FitResult, start: float, **extra) -> dict[str, Any]:
+    """DIR/report.json: the one SAE's scores at the top level, or a sweep's as a list."""
+    scores = {"sweep": members} if config.lams else members[0]
+    rep = {"config": dataclasses.asdict(config), **extra, **scores,
            "resumed_from": result.resumed_from, "seconds": time.perf_counter() - start,
            "environment": report.environment()}
     report.write_json(out / "report.json", rep)
@@ -212,25 +255,23 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
     report.write_json(out / "config.json", dataclasses.asdict(config))
     batches = activations.stream(arr, rows=rows, batch_size=config.batch_size, seed=config.seed)
     result = train.fit(config.sae, batches, _fit_config(config), out, seed=config.seed,
-                       progress=progress, mesh=mesh)
-    graphdef, _ = nnx.split(models.SparseAutoencoder(config.sae, rngs=nnx.Rngs(0)))
-    model = nnx.merge(graphdef, result.params)
-    activations.fold_scale(model, batches.scale)
+                       progress=progress, mesh=mesh, lams=config.lams or None)
     held = jnp.asarray(np.asarray(arr[rows:], np.float32))
-    codes = model(held)
-    if config.arch != "batchtopk":
-        export.export_saelens(model, out / "saelens", source="superjax train-sae --activations",
-                              **dataclasses.asdict(config))
-    rep = {"config": dataclasses.asdict(config), "input_scale": batches.scale,
-           "train_rows": rows, "test_rows": test,
-           "fvu": float(metrics.fvu(held, codes.reconstruction)),
-           "l0": float(metrics.l0(codes.codes)),
-           "dead_fraction": float(metrics.dead_fraction(codes.codes)),
-           "final_train_loss": result.history[-1]["loss"] if result.history else None,
-           "resumed_from": result.resumed_from, "seconds": time.perf_counter() - start,
-           "environment": report.environment()}
-    report.write_json(out / "report.json", rep)
-    return rep
+    members = []
+    for i, model in enumerate(unstack(config.sae, result.params,
+                                      len(config.lams) if config.lams else None)):
+        member = _member(config, result, i)
+        activations.fold_scale(model, batches.scale)
+        codes = model(held)
+        if config.arch != "batchtopk":
+            export.export_saelens(model, _saelens_dir(config, out, member["lam"]),
+                                  source="superjax train-sae --activations",
+                                  **{**dataclasses.asdict(config), "lam": member["lam"]})
+        members.append({**member, "fvu": float(metrics.fvu(held, codes.reconstruction)),
+                        "l0": float(metrics.l0(codes.codes)),
+                        "dead_fraction": float(metrics.dead_fraction(codes.codes))})
+    return _write_report(config, out, members, result, start, input_scale=batches.scale,
+                         train_rows=rows, test_rows=test)
 
 
 GAP_ARCHS = ("relu", "topk", "mlp", "lista", "sparse-coding")
@@ -267,7 +308,7 @@ def amortisation_gap(
                 continue
             cfg = TrainSAEConfig(m=m, n=n, k=k, arch=arch, known_dictionary=known, steps=steps,
                                  lam=lam, samples=samples, seed=seed)
-            model, truth, test, _, _ = _train(cfg, out / setting / arch, progress)
+            (model,), truth, test, _, _ = _train(cfg, out / setting / arch, progress)
             codes = model(test.y).codes
             dictionary = model.dictionary
             centred = test.y - model.b_dec[...]

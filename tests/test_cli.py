@@ -100,7 +100,27 @@ def test_train_sae_writes_config_metrics_checkpoints_and_report(tmp_path, capsys
     assert "another configuration" in capsys.readouterr().err
 
 
+def test_train_sae_lambda_sweep_is_one_run_scored_per_lambda(tmp_path, capsys):
+    common = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--steps", "150", "--samples",
+              "2048", "--batch-size", "256", "--quiet"]
+    assert cli.main([*common, "--lams", "0.01,0.3", "--out", str(tmp_path / "sweep")]) == 0
+    assert capsys.readouterr().out.count("lam=") == 2
+    sweep = json.loads((tmp_path / "sweep" / "report.json").read_text())["sweep"]
+    assert [m["lam"] for m in sweep] == [0.01, 0.3]
+    assert sweep[0]["l0"] > sweep[1]["l0"]  # a larger L1 penalty gives sparser codes
+    for lam in ("0.01", "0.3"):
+        assert (tmp_path / "sweep" / "saelens" / f"lam{lam}" / "sae_weights.safetensors").exists()
+    assert cli.main([*common, "--lam", "0.3", "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    for key in ("latent_mcc", "dict_mean_cos", "fvu", "l0", "final_train_loss"):
+        assert sweep[1][key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+
+
 @pytest.mark.parametrize(("argv", "match"), [
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--lams", "0.1,0.2",
+      "--out", "x"], "--lams sweeps the L1/L0 coefficient"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--lams", "0.1,-1", "--out", "x"],
+     "lams must lie in"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "gelu", "--out", "x"],
      "arch must be one of"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "17", "--out", "x"], "k must be <= n"),
