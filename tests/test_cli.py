@@ -101,7 +101,7 @@ def test_train_sae_writes_config_metrics_checkpoints_and_report(tmp_path, capsys
 
 
 def test_train_sae_lambda_sweep_is_one_run_scored_per_lambda(tmp_path, capsys):
-    common = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--steps", "150", "--samples",
+    common = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--steps", "100", "--samples",
               "2048", "--batch-size", "256", "--quiet"]
     assert cli.main([*common, "--lams", "0.01,0.3", "--out", str(tmp_path / "sweep")]) == 0
     assert capsys.readouterr().out.count("lam=") == 2

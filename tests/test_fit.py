@@ -123,7 +123,7 @@ def _free_port() -> int:
 def test_two_processes_train_the_same_sae_as_one_process_on_two_devices(tmp_path):
     """`superjax --distributed` (jax.distributed over two CPU processes on localhost, one device
     each) trains what one process does on a two-device mesh; process 0 alone writes the files."""
-    args = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--steps", "60", "--samples",
+    args = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--steps", "30", "--samples",
             "2048", "--batch-size", "64", "--quiet", "--out", str(tmp_path / "two")]
     port = _free_port()
     procs = [subprocess.Popen(
@@ -132,7 +132,7 @@ def test_two_processes_train_the_same_sae_as_one_process_on_two_devices(tmp_path
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
-    config = sae_study.TrainSAEConfig(m=8, n=16, k=3, steps=60, samples=2048, batch_size=64)
+    config = sae_study.TrainSAEConfig(m=8, n=16, k=3, steps=30, samples=2048, batch_size=64)
     want = sae_study.run(config, tmp_path / "one", progress=False, mesh=train.data_mesh(2))
     got = json.loads((tmp_path / "two" / "report.json").read_text())
     assert got["environment"]["device_count"] == "2"
@@ -140,15 +140,15 @@ def test_two_processes_train_the_same_sae_as_one_process_on_two_devices(tmp_path
         assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     steps = [json.loads(line)["step"] for line in
              (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 60  # one writer
+    assert steps == sorted(set(steps)) and steps[-1] == 30  # one writer
     assert (tmp_path / "two" / "saelens" / "sae_weights.safetensors").exists()
 
 
 def test_a_sweep_trains_each_sae_as_its_own_run_and_resumes_exactly(tmp_path):
-    lams, seeds = [1e-3, 1e-2, 3e-2], [0, 1, 2]
+    lams, seeds = [1e-3, 3e-2], [0, 1]
     sweep = train.fit(SAE, batches, CFG, tmp_path / "full", progress=False, lams=lams,
                       seeds=seeds)
-    assert sweep.params["W_dec"].shape == (3, 16, 8) and len(sweep.history[-1]["loss"]) == 3
+    assert sweep.params["W_dec"].shape == (2, 16, 8) and len(sweep.history[-1]["loss"]) == 2
     for i, (lam, seed) in enumerate(zip(lams, seeds, strict=True)):
         one = train.fit(SAE, batches, dataclasses.replace(CFG, lam=lam), seed=seed,
                         progress=False)
@@ -169,7 +169,7 @@ def test_a_sweep_trains_each_sae_as_its_own_run_and_resumes_exactly(tmp_path):
     assert resumed.resumed_from == 10
     chex.assert_trees_all_equal(resumed.params, sweep.params)
     with pytest.raises(checkpoint.CheckpointError, match="sweep"):
-        train.fit(SAE, batches, CFG, tmp_path / "full", progress=False, lams=[1e-3, 1e-2, 0.1],
+        train.fit(SAE, batches, CFG, tmp_path / "full", progress=False, lams=[1e-3, 0.1],
                   seeds=seeds)
 
 
