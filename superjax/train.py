@@ -81,9 +81,17 @@ def data_mesh(devices: int | None = None) -> jax.sharding.Mesh:
                          devices=jax.devices()[:devices])
 
 
+def _plain(mesh: jax.sharding.Mesh) -> bool:
+    """A mesh of just the default device: arrays stay uncommitted, as in plain one-device JAX
+    (committing them would give every later eager op on them a second compiled version)."""
+    return mesh.devices.size == 1 and mesh.devices.flat[0] == jax.devices()[0]
+
+
 def _on_mesh(tree: Any, sharding: NamedSharding) -> Any:
     """Copies arrays that hold the same global value on every process onto ``sharding`` (copies,
     so the donating train step never deletes a caller's array)."""
+    if _plain(sharding.mesh):
+        return jax.device_put(tree, may_alias=False)
     if sharding.is_fully_addressable:
         return jax.device_put(tree, sharding, may_alias=False)
 
@@ -282,11 +290,12 @@ def fit(
     tx = optimizer(config.learning_rate, warmup_steps=config.warmup_steps,
                    total_steps=config.steps, clip_norm=config.clip_norm or None)
     sweep = _sweep(lams, seeds, seed)
-    graphdef, state = init_stack(sae, tx, [seed] if sweep is None else sweep[1], init_decoder)
     record = {**dataclasses.asdict(sae), **dataclasses.asdict(config), "seed": seed}
     if sweep is None:
-        state, lam, shape = jax.tree.map(lambda x: x[0], state), config.lam, (sae.d_sae,)
+        graphdef, state = init_state(_initial_model(sae, seed, init_decoder), tx)
+        lam, shape = config.lam, (sae.d_sae,)
     else:
+        graphdef, state = init_stack(sae, tx, sweep[1], init_decoder)
         sweep = ([config.lam if v is None else v for v in sweep[0]], sweep[1])
         lam, shape = jnp.asarray(sweep[0], jnp.float32), (len(sweep[0]), sae.d_sae)
         record["sweep"] = {"lams": sweep[0], "seeds": sweep[1]}
@@ -309,7 +318,8 @@ def fit(
     if sweep is not None:  # every SAE of the stack on the one batch
         train_step = jax.vmap(train_step, in_axes=(0, None, 0, 0))
 
-    @functools.partial(jax.jit, out_shardings=replicated, donate_argnums=0)
+    @functools.partial(jax.jit, donate_argnums=0,
+                       out_shardings=None if _plain(mesh) else replicated)
     def step(loop, batch):
         dead = loop["since_fired"] >= config.dead_window if config.k_aux else None
         new_state, metrics = train_step(loop["train"], batch, lam, dead)
@@ -346,7 +356,9 @@ def fit(
         _check_finite(*pending, sweep)
     if ckpt is not None:
         ckpt.close()
-    params = jax.tree.map(lambda x: x.addressable_data(0), loop["train"].params)
+    params = loop["train"].params
+    if not _plain(mesh):
+        params = jax.tree.map(lambda x: x.addressable_data(0), params)
     return FitResult(params, history, resumed, time.perf_counter() - began)
 
 
@@ -356,6 +368,8 @@ def _rows_on(batch, sharding: NamedSharding, d_in: int) -> Array:
         raise ValueError(f"batches(step) must return a (batch, {d_in}) array, got shape "
                          f"{jnp.shape(batch)}")
     devices = sharding.mesh.size
+    if _plain(sharding.mesh):
+        return batch
     if jnp.shape(batch)[0] % devices:
         raise ValueError(f"a batch of {jnp.shape(batch)[0]} rows cannot be split evenly over "
                          f"{devices} devices: use a batch size that is a multiple of {devices}, "
