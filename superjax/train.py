@@ -301,6 +301,7 @@ def fit(
         record["sweep"] = {"lams": sweep[0], "seeds": sweep[1]}
     mesh = data_mesh() if mesh is None else mesh
     replicated, by_rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    plain = _plain(mesh)
     loop = _on_mesh({"train": state, "since_fired": jnp.zeros(shape, jnp.int32)}, replicated)
     primary = report.is_writer()
 
@@ -319,7 +320,7 @@ def fit(
         train_step = jax.vmap(train_step, in_axes=(0, None, 0, 0))
 
     @functools.partial(jax.jit, donate_argnums=0,
-                       out_shardings=None if _plain(mesh) else replicated)
+                       out_shardings=None if plain else replicated)
     def step(loop, batch):
         dead = loop["since_fired"] >= config.dead_window if config.k_aux else None
         new_state, metrics = train_step(loop["train"], batch, lam, dead)
@@ -332,7 +333,7 @@ def fit(
                unit="step", desc="fit")
     pending = None  # (step, loss) of the previous step, read after the next step is dispatched
     for s in range(start, config.steps):
-        loop, metrics = step(loop, _rows_on(batches(s), by_rows, sae.d_in))
+        loop, metrics = step(loop, _rows_on(batches(s), by_rows, sae.d_in, plain))
         if pending is not None:
             _check_finite(*pending, sweep)
         pending = (s + 1, metrics["loss"])
@@ -357,18 +358,18 @@ def fit(
     if ckpt is not None:
         ckpt.close()
     params = loop["train"].params
-    if not _plain(mesh):
+    if not plain:
         params = jax.tree.map(lambda x: x.addressable_data(0), params)
     return FitResult(params, history, resumed, time.perf_counter() - began)
 
 
-def _rows_on(batch, sharding: NamedSharding, d_in: int) -> Array:
+def _rows_on(batch, sharding: NamedSharding, d_in: int, plain: bool) -> Array:
     """The step's batch, split by rows over the mesh (a clear error for a wrong shape)."""
     if jnp.ndim(batch) != 2 or jnp.shape(batch)[1] != d_in:
         raise ValueError(f"batches(step) must return a (batch, {d_in}) array, got shape "
                          f"{jnp.shape(batch)}")
     devices = sharding.mesh.size
-    if _plain(sharding.mesh):
+    if plain:  # see _plain: the batch stays as it is
         return batch
     if jnp.shape(batch)[0] % devices:
         raise ValueError(f"a batch of {jnp.shape(batch)[0]} rows cannot be split evenly over "
