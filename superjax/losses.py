@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from superjax.models import SAEOutput, SparseAutoencoder, heaviside_ste
+from superjax.models import SAEOutput, SparseAutoencoder, batch_sum, broadcast_rows, heaviside_ste
 
 
 class LossAux(NamedTuple):
@@ -38,7 +38,7 @@ class LossAux(NamedTuple):
 
 
 def _density(out: SAEOutput) -> Array:
-    return jnp.mean(out.codes != 0, axis=0).astype(out.codes.dtype)
+    return batch_sum((out.codes != 0).astype(out.codes.dtype)) / out.codes.shape[0]
 
 
 def _reconstruction(x, out: SAEOutput) -> tuple[Array, Array]:
@@ -55,7 +55,7 @@ def l1_sae_loss(
     norms = jnp.linalg.norm(w_dec, axis=1)
     # Batch means per latent first: one column reduction of the (b, n) codes serves the penalty
     # and its gradient in the norms, and L0 is the sum of the densities (no second mask pass).
-    sparsity = jnp.mean(jnp.abs(out.codes), axis=0) @ norms
+    sparsity = batch_sum(jnp.abs(out.codes)) @ norms / out.codes.shape[0]
     density = _density(out)
     return mse + lam * sparsity, LossAux(mse, sparsity, jnp.sum(density), fvu, density)
 
@@ -74,8 +74,9 @@ def jumprelu_loss(
 ) -> tuple[Array, LossAux]:
     """mean ‖x − x̂‖² + λ · mean Σ_j H(pre_j − θ_j), with straight-through gradients for θ."""
     mse, fvu = _reconstruction(x, out)
-    l0_ste = jnp.mean(jnp.sum(heaviside_ste(out.pre_activations.astype(jnp.float32),
-                                            threshold.astype(jnp.float32), bandwidth), axis=-1))
+    pre = out.pre_activations.astype(jnp.float32)
+    threshold = broadcast_rows(threshold.astype(jnp.float32), pre.shape[0])
+    l0_ste = jnp.mean(jnp.sum(heaviside_ste(pre, threshold, bandwidth), axis=-1))
     return mse + lam * l0_ste, LossAux(mse, l0_ste, l0_ste, fvu, _density(out))
 
 

@@ -125,6 +125,30 @@ class SAEOutput(NamedTuple):
     pre_activations: Float[Array, "b d_sae"]
 
 
+def batch_sum(x: Float[Array, "b ..."]) -> Array:
+    """Σ over the leading (batch) axis, as a vector–matrix product with a ones vector.
+
+    The same sum as ``x.sum(0)`` to float rounding, but XLA:CPU (jax 0.10) reduces over a
+    leading axis ~30× slower than it multiplies by a vector: 0.40 s against 0.014 s for a
+    4096 × 24576 array. Full float32 precision (no TF32 or bf16 passes on accelerators).
+    """
+    return jnp.tensordot(jnp.ones(x.shape[0], x.dtype), x, axes=1,
+                         precision=jax.lax.Precision.HIGHEST)
+
+
+def broadcast_rows(v: Float[Array, " n"], rows: int) -> Float[Array, "rows n"]:
+    """``v`` repeated as ``rows`` rows, written as a rank-one product so that its gradient is
+    :func:`batch_sum` of the incoming gradient (a matvec) rather than a leading-axis reduction.
+    XLA fuses the forward into its consumer like any broadcast."""
+    return jnp.matmul(jnp.ones((rows, 1), v.dtype), v[None, :],
+                      precision=jax.lax.Precision.HIGHEST)
+
+
+def add_bias(y: Float[Array, "b n"], bias: Float[Array, " n"]) -> Float[Array, "b n"]:
+    """y + bias, with the bias gradient as a matvec (see :func:`broadcast_rows`)."""
+    return y + broadcast_rows(bias, y.shape[0])
+
+
 def heaviside_ste(x: Array, threshold: Array, bandwidth: float) -> Array:
     """H(x − θ), with the straight-through pseudo-derivative of Rajamanoharan et al. (2024).
 
@@ -191,7 +215,7 @@ class SparseAutoencoder(nnx.Module):
 
     def encode_pre(self, x: Float[Array, "b d_in"]) -> Float[Array, "b d_sae"]:
         """Pre-activations; for LISTA the last unrolled step's (see SAEConfig.encoder)."""
-        centred = x - self.b_dec[...]
+        centred = add_bias(x, -self.b_dec[...])
         if self.config.encoder == "fista":
             from superjax import sparse_coding
 
@@ -200,18 +224,18 @@ class SparseAutoencoder(nnx.Module):
                 w_dec.T, jax.lax.stop_gradient(centred), self.config.fista_lam,
                 self.config.fista_steps, nonneg=True).codes
         if self.config.encoder == "mlp":
-            h = jax.nn.relu(centred @ self.W_hidden[...] + self.b_hidden[...])
-            return centred @ self.W_enc[...] + h @ self.W_out[...] + self.b_enc[...]
+            h = jax.nn.relu(add_bias(centred @ self.W_hidden[...], self.b_hidden[...]))
+            return add_bias(centred @ self.W_enc[...] + h @ self.W_out[...], self.b_enc[...])
         # (x − b_dec) W_enc written as x W_enc − b_dec W_enc: the same function, but its gradient
         # for b_dec is a vector–matrix product instead of a batch × d_sae × d_in matmul (the
         # input x needs no gradient), which saves one of the step's six large matmuls.
         w_enc = self.W_enc[...]
-        pre = x @ w_enc + (self.b_enc[...] - self.b_dec[...] @ w_enc)
+        pre = add_bias(x @ w_enc, self.b_enc[...] - self.b_dec[...] @ w_enc)
         if self.config.encoder == "lista":
             w_dec = self.W_dec[...]
             for t in range(self.config.lista_steps):
                 z = self.activate(pre)
-                pre = z + (centred - z @ w_dec) @ self.S[t] + self.c[t]
+                pre = add_bias(z + (centred - z @ w_dec) @ self.S[t], self.c[t])
         return pre
 
     def activate(self, pre: Float[Array, "b d_sae"]) -> Float[Array, "b d_sae"]:
@@ -222,12 +246,12 @@ class SparseAutoencoder(nnx.Module):
             return jax.nn.relu(pre) * topk_mask(pre, cfg.k)
         if cfg.activation == "batchtopk":
             return jax.nn.relu(pre) * batch_topk_mask(pre, cfg.k)
-        threshold = self.threshold[...].astype(jnp.float32)
+        threshold = broadcast_rows(self.threshold[...].astype(jnp.float32), pre.shape[0])
         return jumprelu(pre.astype(jnp.float32), threshold, cfg.jumprelu_bandwidth
                         ).astype(pre.dtype)
 
     def decode(self, codes: Float[Array, "b d_sae"]) -> Float[Array, "b d_in"]:
-        return codes @ self.W_dec[...] + self.b_dec[...]
+        return add_bias(codes @ self.W_dec[...], self.b_dec[...])
 
     def __call__(self, x: Float[Array, "b d_in"]) -> SAEOutput:
         if x.ndim != 2 or x.shape[-1] != self.config.d_in:
