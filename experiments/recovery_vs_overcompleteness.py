@@ -39,7 +39,7 @@ COLUMNS = SETTING + ("ratio", "recovery_rate_099", "recovery_rate_095", "matched
                      "seconds")
 
 # Budgets per method and d: what each needs to reach its accuracy (see the README's table).
-BUDGET = {"fourier": lambda d: 200_000 if d <= 8 else 400_000,
+BUDGET = {"fourier": lambda d: 200_000 if d <= 8 else 400_000 if d <= 16 else 800_000,
           "hessian": lambda d: 1_000_000 if d <= 16 else 4 * d * d * 600 + 40_000,
           "hermite": lambda d: 1_000_000, "student": lambda d: 400_000}
 
