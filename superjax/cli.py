@@ -74,6 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lams", type=_float_list, default=(),
                    help="comma-separated λ values: one SAE each, trained in one compiled step "
                         "(relu, jumprelu, mlp, lista); report.json then lists them under 'sweep'")
+    s.add_argument("--restarts", type=int, default=1,
+                   help="SAEs per λ from seeds SEED, SEED+1, ... (one compiled step); with 2 or "
+                        "more, report.json scores each λ by how well its restarts agree and "
+                        "selects the best (no ground truth needed)")
     s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     s.add_argument("--signed", action="store_true", help="signed codes (default non-negative)")
     s.add_argument("--auxk", type=int, default=0,
@@ -195,7 +199,7 @@ def _train_sae(args) -> None:
         known_dictionary=args.known_dictionary, samples=args.samples, steps=args.steps,
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
         seed=args.seed, activations=args.activations, k_aux=args.auxk,
-        topk_kernel=args.topk_kernel, lams=args.lams)
+        topk_kernel=args.topk_kernel, lams=args.lams, restarts=args.restarts)
     mesh = train.data_mesh(args.devices)
     _writable(args.out)
     rep = sae_study.run(config, args.out, progress=not args.quiet, mesh=mesh)
@@ -203,8 +207,13 @@ def _train_sae(args) -> None:
             "random_dict_mean_cos", "fvu", "l0", "dead_fraction")
     for member in rep.get("sweep", [rep]):
         shown = [k for k in keys if k in member]  # an activation file has no ground truth
-        lam = f"lam={member['lam']:g}  " if "sweep" in rep else ""
+        lam = f"lam={member['lam']:g} seed={member['seed']}  " if "sweep" in rep else ""
         print(lam + "  ".join(f"{k}={member[k]:.4f}" for k in shown))
+    if "lam_selection" in rep:
+        sel = rep["lam_selection"]
+        print("seed agreement per λ: " + "  ".join(
+            f"{lam:g}: {a:.4f}" for lam, a in zip(sel["lams"], sel["seed_agreement"], strict=True))
+            + f"  -> selected λ = {sel['selected_lam']:g}")
     print(f"wrote {args.out / 'report.json'}")
 
 

@@ -7,6 +7,8 @@
   (mean over true atoms of the best |cos|), recovery rate at |cos| ≥ 0.95 and ≥ 0.99.
 * Chance levels: the same metric for a random dictionary of the learned shape, and for inferred
   codes whose samples are shuffled (breaking the pairing, keeping every marginal).
+* Seed agreement: the matched mean |cos| between dictionaries learned from different
+  initialisations (no ground truth needed; it selects λ, see :func:`seed_agreement`).
 * FVU, L0 at a threshold, dead fraction, shrinkage.
 
 All functions are pure and jit-able; the Hungarian matching is optax's jittable implementation.
@@ -14,6 +16,8 @@ All functions are pure and jit-able; the Hungarian matching is optax's jittable 
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -103,6 +107,21 @@ def dictionary_metrics(
         recovery_rate_095=jnp.mean(best >= 0.95),
         recovery_rate_099=jnp.mean(best >= 0.99),
     )
+
+
+def seed_agreement(dictionaries: Sequence[Float[Array, "m q"]]) -> Float[Array, ""]:
+    """Mean over pairs of the Hungarian-matched mean |cos| between learned dictionaries (atoms as
+    columns), e.g. SAEs trained from different initialisations on the same data.
+
+    Needs no ground truth, so it can choose a sparsity coefficient on real activations: when the
+    data pin the dictionary down, independent restarts find the same atoms (agreement near 1);
+    too weak a penalty leaves a dense, non-identifiable code and too strong a one leaves atoms
+    dead at their random initialisation, and the restarts disagree.
+    """
+    if len(dictionaries) < 2:
+        raise ValueError(f"seed agreement needs at least two dictionaries, got {len(dictionaries)}")
+    pairs = itertools.combinations(dictionaries, 2)
+    return jnp.mean(jnp.stack([dictionary_metrics(a, b).mean_cos for a, b in pairs]))
 
 
 def random_dictionary_metrics(

@@ -49,6 +49,10 @@ class TrainSAEConfig:
         the same training, faster on CPU with "gather".
       lams: a λ sweep: one SAE per value (replacing ``lam``), trained in one compiled step on the
         same batches (:func:`superjax.train.fit`); for relu, jumprelu, mlp and lista.
+      restarts: SAEs per λ, from initialisation seeds seed, seed + 1, ... (same data and
+        batches). With two or more, the report scores each λ by the restarts' agreement
+        (:func:`superjax.metrics.seed_agreement`) and selects the λ where they agree most, a
+        choice that needs no ground truth.
     """
 
     m: int
@@ -70,6 +74,7 @@ class TrainSAEConfig:
     k_aux: int = 0
     topk_kernel: str = "dense"
     lams: tuple[float, ...] = ()
+    restarts: int = 1
 
     def __post_init__(self):
         data.DataConfig(m=self.m, n=self.n, k=self.k)  # validates m, n, k
@@ -95,6 +100,10 @@ class TrainSAEConfig:
             raise ValueError(f"--lams sweeps the L1/L0 coefficient of {', '.join(SWEEP_ARCHS)}; "
                              f"{self.arch!r} has none that one compiled step can vary (TopK: "
                              f"--sae-k; sparse coding: --lam per run)")
+        _checks.positive_int("restarts", self.restarts)
+        if self.restarts > 1 and self.arch == "sparse-coding":
+            raise ValueError("--restarts trains SAEs side by side in one compiled step; "
+                             "sparse coding runs one dictionary per run")
         if self.topk_kernel != "dense" and self.arch != "topk":
             raise ValueError(f"--topk-kernel {self.topk_kernel} is for --arch topk, got "
                              f"{self.arch!r}")
@@ -106,6 +115,20 @@ class TrainSAEConfig:
                 raise ValueError("--activations trains one-layer encoders (relu, topk, batchtopk, "
                                  f"jumprelu), whose input scale folds into the weights; got "
                                  f"{self.arch!r}")
+
+    @property
+    def members(self) -> list[tuple[float, int]] | None:
+        """(λ, initialisation seed) of every SAE of a sweep, λ-major; None for a single SAE."""
+        if not self.lams and self.restarts == 1:
+            return None
+        return [(lam, self.seed + r) for lam in self.lams or (self.lam,)
+                for r in range(self.restarts)]
+
+    def fit_sweep(self) -> dict[str, Any]:
+        """The ``lams`` and ``seeds`` arguments of :func:`superjax.train.fit` for this run."""
+        if self.members is None:
+            return {}
+        return {"lams": [lam for lam, _ in self.members], "seeds": [s for _, s in self.members]}
 
     @property
     def sae(self) -> models.SAEConfig:
@@ -135,9 +158,9 @@ def _train(config: TrainSAEConfig, out: pathlib.Path, progress: bool, mesh=None)
     trained, result = fit_rows(config.sae, train_set, _fit_config(config), out,
                                seed=config.seed, order_key=k_order, batch_size=config.batch_size,
                                init_decoder=truth.T if config.known_dictionary else None,
-                               progress=progress, mesh=mesh, lams=config.lams or None)
+                               progress=progress, mesh=mesh, **config.fit_sweep())
     test = data.sample_batch(k_test, truth, dcfg, config.test_samples)
-    return trained if config.lams else [trained], truth, test, k_eval, result
+    return trained if config.members else [trained], truth, test, k_eval, result
 
 
 @functools.partial(jax.jit, static_argnames="batch_size")
@@ -149,15 +172,16 @@ def _rows_at(rows, order_key, step, *, batch_size: int):
 
 def fit_rows(sae: models.SAEConfig, rows, fit_config: train.FitConfig,
              out: pathlib.Path | None = None, *, seed: int, order_key, batch_size: int,
-             init_decoder=None, progress: bool = True, mesh=None, lams=None):
+             init_decoder=None, progress: bool = True, mesh=None, lams=None, seeds=None):
     """Trains an SAE on an in-memory array; the batch of step s is drawn from fold_in(key, s).
-    ``mesh``, ``lams``: see :func:`superjax.train.fit`. Returns (model, FitResult), or (a list
-    with one model per λ, FitResult) for a sweep."""
+    ``mesh``, ``lams``, ``seeds``: see :func:`superjax.train.fit`. Returns (model, FitResult), or
+    (a list with one model per SAE, FitResult) for a sweep."""
     batches_at = functools.partial(_rows_at, jnp.asarray(rows), order_key, batch_size=batch_size)
     result = train.fit(sae, batches_at, fit_config, out, seed=seed, init_decoder=init_decoder,
-                       progress=progress, mesh=mesh, lams=lams)
-    trained = unstack(sae, result.params, None if lams is None else len(lams))
-    return (trained if lams is not None else trained[0]), result
+                       progress=progress, mesh=mesh, lams=lams, seeds=seeds)
+    size = None if lams is None and seeds is None else len(lams if lams is not None else seeds)
+    trained = unstack(sae, result.params, size)
+    return (trained if size is not None else trained[0]), result
 
 
 def unstack(sae: models.SAEConfig, params, count: int | None = None
@@ -170,15 +194,38 @@ def unstack(sae: models.SAEConfig, params, count: int | None = None
 
 
 def _member(config: TrainSAEConfig, result: train.FitResult, i: int) -> dict[str, Any]:
-    """λ and final training loss of SAE ``i`` (of a sweep, or the only one)."""
+    """λ, seed and final training loss of SAE ``i`` (of a sweep, or the only one)."""
     last = result.history[-1]["loss"] if result.history else None
-    if not config.lams:
-        return {"lam": config.lam, "final_train_loss": last}
-    return {"lam": config.lams[i], "final_train_loss": None if last is None else last[i]}
+    if not config.members:
+        return {"lam": config.lam, "seed": config.seed, "final_train_loss": last}
+    lam, seed = config.members[i]
+    return {"lam": lam, "seed": seed, "final_train_loss": None if last is None else last[i]}
 
 
-def _saelens_dir(config: TrainSAEConfig, out: pathlib.Path, lam: float) -> pathlib.Path:
-    return out / "saelens" / (f"lam{lam:g}" if config.lams else "")
+def _saelens_dir(config: TrainSAEConfig, out: pathlib.Path, member: dict[str, Any]
+                 ) -> pathlib.Path:
+    """DIR/saelens/, or DIR/saelens/lam{λ}[_seed{s}]/ for each SAE of a sweep."""
+    if not config.members:
+        return out / "saelens"
+    restart = f"_seed{member['seed']}" if config.restarts > 1 else ""
+    return out / "saelens" / f"lam{member['lam']:g}{restart}"
+
+
+def lam_selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder]
+                  ) -> dict[str, Any]:
+    """Per λ, the agreement of its restarts (:func:`superjax.metrics.seed_agreement`), and the λ
+    where it is highest; {} with fewer than two restarts."""
+    if config.restarts < 2:
+        return {}
+    lams = config.lams or (config.lam,)
+    r = config.restarts
+    agreement = [float(metrics.seed_agreement([m.dictionary for m in trained[i * r:(i + 1) * r]]))
+                 for i in range(len(lams))]
+    best = max(range(len(lams)), key=lambda i: agreement[i])
+    return {"lam_selection": {"rule": "the λ whose restarts agree most (Hungarian-matched mean "
+                                      "|cos| between their dictionaries)",
+                              "restarts": r, "lams": list(lams), "seed_agreement": agreement,
+                              "selected_lam": lams[best]}}
 
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True, mesh=None
@@ -200,17 +247,18 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
     for i, model in enumerate(trained):
         member = _member(config, result, i)
         if model.config.encoder == "linear" and config.arch != "batchtopk":
-            export.export_saelens(model, _saelens_dir(config, out, member["lam"]),
+            export.export_saelens(model, _saelens_dir(config, out, member),
                                   source="superjax train-sae",
-                                  **{**dataclasses.asdict(config), "lam": member["lam"]})
+                                  **{**dataclasses.asdict(config), "lam": member["lam"],
+                                     "seed": member["seed"]})
         members.append({**member, **evaluate(model, truth, test, k_eval)})
-    return _write_report(config, out, members, result, start)
+    return _write_report(config, out, members, result, start, **lam_selection(config, trained))
 
 
 def _write_report(config: TrainSAEConfig, out: pathlib.Path, members: list[dict[str, Any]],
                   result: train.FitResult, start: float, **extra) -> dict[str, Any]:
     """DIR/report.json: the one SAE's scores at the top level, or a sweep's as a list."""
-    scores = {"sweep": members} if config.lams else members[0]
+    scores = {"sweep": members} if config.members else members[0]
     rep = {"config": dataclasses.asdict(config), **extra, **scores,
            "resumed_from": result.resumed_from, "seconds": time.perf_counter() - start,
            "environment": report.environment()}
@@ -255,23 +303,25 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
     report.write_json(out / "config.json", dataclasses.asdict(config))
     batches = activations.stream(arr, rows=rows, batch_size=config.batch_size, seed=config.seed)
     result = train.fit(config.sae, batches, _fit_config(config), out, seed=config.seed,
-                       progress=progress, mesh=mesh, lams=config.lams or None)
+                       progress=progress, mesh=mesh, **config.fit_sweep())
     held = jnp.asarray(np.asarray(arr[rows:], np.float32))
     members = []
-    for i, model in enumerate(unstack(config.sae, result.params,
-                                      len(config.lams) if config.lams else None)):
+    trained = unstack(config.sae, result.params,
+                      len(config.members) if config.members else None)
+    for i, model in enumerate(trained):
         member = _member(config, result, i)
         activations.fold_scale(model, batches.scale)
         codes = model(held)
         if config.arch != "batchtopk":
-            export.export_saelens(model, _saelens_dir(config, out, member["lam"]),
+            export.export_saelens(model, _saelens_dir(config, out, member),
                                   source="superjax train-sae --activations",
-                                  **{**dataclasses.asdict(config), "lam": member["lam"]})
+                                  **{**dataclasses.asdict(config), "lam": member["lam"],
+                                     "seed": member["seed"]})
         members.append({**member, "fvu": float(metrics.fvu(held, codes.reconstruction)),
                         "l0": float(metrics.l0(codes.codes)),
                         "dead_fraction": float(metrics.dead_fraction(codes.codes))})
     return _write_report(config, out, members, result, start, input_scale=batches.scale,
-                         train_rows=rows, test_rows=test)
+                         train_rows=rows, test_rows=test, **lam_selection(config, trained))
 
 
 GAP_ARCHS = ("relu", "topk", "mlp", "lista", "sparse-coding")

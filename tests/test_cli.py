@@ -4,9 +4,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
-from superjax import cli
+from superjax import cli, metrics
 
 REQUIRED_BOUNDS = {"delta", "rho", "rho_weak", "m_min", "recoverable", "welch_bound",
                    "k_log_n_over_k"}
@@ -103,17 +105,25 @@ def test_train_sae_writes_config_metrics_checkpoints_and_report(tmp_path, capsys
 def test_train_sae_lambda_sweep_is_one_run_scored_per_lambda(tmp_path, capsys):
     common = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--steps", "100", "--samples",
               "2048", "--batch-size", "256", "--quiet"]
-    assert cli.main([*common, "--lams", "0.01,0.3", "--out", str(tmp_path / "sweep")]) == 0
-    assert capsys.readouterr().out.count("lam=") == 2
-    sweep = json.loads((tmp_path / "sweep" / "report.json").read_text())["sweep"]
-    assert [m["lam"] for m in sweep] == [0.01, 0.3]
-    assert sweep[0]["l0"] > sweep[1]["l0"]  # a larger L1 penalty gives sparser codes
-    for lam in ("0.01", "0.3"):
-        assert (tmp_path / "sweep" / "saelens" / f"lam{lam}" / "sae_weights.safetensors").exists()
+    argv = [*common, "--lams", "0.01,0.3", "--restarts", "2", "--out", str(tmp_path / "sweep")]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.count("lam=") == 4
+    rep = json.loads((tmp_path / "sweep" / "report.json").read_text())
+    sweep = rep["sweep"]
+    assert [(m["lam"], m["seed"]) for m in sweep] == [(0.01, 0), (0.01, 1), (0.3, 0), (0.3, 1)]
+    assert sweep[0]["l0"] > sweep[2]["l0"]  # a larger L1 penalty gives sparser codes
+    # Seed agreement per λ, recomputed from the exported SAELens weights of the two restarts.
+    sel = rep["lam_selection"]
+    for lam, agreement in zip(("0.01", "0.3"), sel["seed_agreement"], strict=True):
+        w_dec = [load_file(str(tmp_path / "sweep" / "saelens" / f"lam{lam}_seed{s}" /
+                               "sae_weights.safetensors"))["W_dec"] for s in (0, 1)]
+        assert float(metrics.seed_agreement([w.T for w in w_dec])) == pytest.approx(
+            agreement, abs=1e-5)
+    assert sel["selected_lam"] == sel["lams"][int(np.argmax(sel["seed_agreement"]))]
     assert cli.main([*common, "--lam", "0.3", "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     for key in ("latent_mcc", "dict_mean_cos", "fvu", "l0", "final_train_loss"):
-        assert sweep[1][key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+        assert sweep[2][key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
 
 
 @pytest.mark.parametrize(("argv", "match"), [
@@ -121,6 +131,10 @@ def test_train_sae_lambda_sweep_is_one_run_scored_per_lambda(tmp_path, capsys):
       "--out", "x"], "--lams sweeps the L1/L0 coefficient"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--lams", "0.1,-1", "--out", "x"],
      "lams must lie in"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "sparse-coding", "--restarts",
+      "2", "--out", "x"], "sparse coding runs one dictionary"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--restarts", "0", "--out", "x"],
+     "restarts must be >= 1"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "gelu", "--out", "x"],
      "arch must be one of"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "17", "--out", "x"], "k must be <= n"),

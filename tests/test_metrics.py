@@ -25,6 +25,23 @@ def test_permuted_sign_flipped_rescaled_copy_scores_one():
         assert float(v) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_seed_agreement_closed_form():
+    # Two restarts that found the same atoms (permuted, sign-flipped, rescaled) agree fully.
+    a = data.gaussian_dictionary(jax.random.key(2), 8, 16)
+    perm = jax.random.permutation(jax.random.key(1), 16)
+    assert float(metrics.seed_agreement([a, -2.0 * a[:, perm]])) == pytest.approx(1.0, abs=1e-6)
+    # I and the rotation by θ: |cos| = [[c, s], [s, c]], best matching max(c, s); the third
+    # pair (I, rotation by 2θ) gives max(|cos 2θ|, |sin 2θ|). Agreement is the mean over pairs.
+    t = 0.3
+    rot = lambda u: jnp.array([[np.cos(u), -np.sin(u)], [np.sin(u), np.cos(u)]])  # noqa: E731
+    want = np.mean([max(np.cos(t), np.sin(t)), max(np.cos(t), np.sin(t)),
+                    max(abs(np.cos(2 * t)), abs(np.sin(2 * t)))])
+    got = metrics.seed_agreement([jnp.eye(2), rot(t), rot(2 * t)])
+    assert float(got) == pytest.approx(want, abs=1e-6)
+    with pytest.raises(ValueError, match="at least two"):
+        metrics.seed_agreement([a])
+
+
 def test_independent_codes_score_near_chance():
     z, other = _codes(3), _codes(4)
     chance = float(metrics.latent_mcc_chance(jax.random.key(5), z, other))
