@@ -11,11 +11,17 @@ latent MCC vs L0.
 
     python experiments/dictionary_recovery.py [--ms 8,16,32] [--ratios 1,2,4] [--ks 3,9]
         [--archs relu,topk,mlp,sparse-coding] [--lam mlp=0.3] [--steps 3000]
+        [--select-lams 0.1,0.2,0.3,0.5 --restarts 3]
         [--pareto-cell 16,32,3] [--collect] [--out runs/dictionary_recovery]
 
 --lam sets the L1 coefficient of the grid's runs: one value for every learner, or arch=value
 pairs (the others keep the default 0.1); a run with a λ other than 0.1 lives in its own
 directory (e.g. grid/m16_n64_k3/mlp_lam0.3), so several λ coexist under one --out.
+
+--select-lams 0.1,0.2,0.3,0.5 --restarts 3 chooses λ per cell without ground truth instead: the
+SAEs with an L1 penalty (relu, mlp) train every λ from 3 initialisations in one run
+(grid/.../mlp_select), and the cell reports the seed-0 SAE at the λ whose restarts agree most
+(superjax.metrics.seed_agreement), next to the best λ in hindsight (by mean recovery).
 
 Runs resume: a finished run's report.json is read back, not retrained; an interrupted one
 continues from its last checkpoint. --collect tabulates and plots the finished runs only.
@@ -60,6 +66,19 @@ def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path, collect: bool = False
         if saved == json.loads(json.dumps(dataclasses.asdict(cfg))):
             return rep
     return None if collect else sae_study.run(cfg, out, progress=False)
+
+
+def _selected(rep: dict, seed: int) -> dict:
+    """A λ-selection run's row: the seed-``seed`` SAE at the selected λ, and the hindsight best."""
+    sel, sweep = rep["lam_selection"], rep["sweep"]
+    lam = sel["selected_lam"]
+    member = next(m for m in sweep if m["lam"] == lam and m["seed"] == seed)
+    mean_rec = {v: float(np.mean([m["dict_recovery_rate"] for m in sweep if m["lam"] == v]))
+                for v in sel["lams"]}
+    best = max(mean_rec, key=mean_rec.get)
+    return {**member, "lam": lam, "seed_agreement": sel["seed_agreement"],
+            "lams_tried": sel["lams"], "best_lam_in_hindsight": best,
+            "recovery_at_best_lam": mean_rec[best], "recovery_at_selected_lam": mean_rec[lam]}
 
 
 def _heat_maps(rows: list[dict], archs: list[str], path: pathlib.Path) -> None:
@@ -114,6 +133,9 @@ def main(argv=None) -> None:
     p.add_argument("--archs", default="relu,topk,mlp,sparse-coding")
     p.add_argument("--lam", type=_lams, default={},
                    help="L1 coefficient: a value, or arch=value pairs (default 0.1)")
+    p.add_argument("--select-lams", type=lambda t: tuple(float(v) for v in t.split(",") if v),
+                   default=(), help="choose λ per cell by seed agreement among these (relu, mlp)")
+    p.add_argument("--restarts", type=int, default=3, help="initialisations per λ for the choice")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--samples", type=int, default=1 << 14)
     p.add_argument("--pareto-cell", type=_ints, default=[16, 32, 3], help="M,N,K ('' to skip)")
@@ -135,20 +157,31 @@ def main(argv=None) -> None:
         b = bounds.recovery_bounds(m, n, k, False)
         for arch in archs:
             lam = args.lam.get(arch, args.lam.get("*", default_lam))
+            select = bool(args.select_lams) and arch in ("relu", "mlp")
+            extra = (dict(lams=args.select_lams, restarts=args.restarts) if select
+                     else dict(lam=lam))
             cfg = sae_study.TrainSAEConfig(m=m, n=n, k=k, arch=arch, steps=args.steps,
-                                           samples=args.samples, seed=args.seed, lam=lam)
-            name = arch if lam == default_lam else f"{arch}_lam{lam:g}"
+                                           samples=args.samples, seed=args.seed, **extra)
+            name = (f"{arch}_select" if select else arch if lam == default_lam
+                    else f"{arch}_lam{lam:g}")
             rep = _run(cfg, args.out / "grid" / f"m{m}_n{n}_k{k}" / name, args.collect)
             if rep is None:
                 continue
-            row = {"m": m, "n": n, "k": k, "arch": arch, "lam": lam, "delta": m / n, "rho": k / m,
-                   "rho_weak": float(b.rho_weak), "inside_margin": bool(k / m <= 0.8 * b.rho_weak),
+            if select:
+                rep = _selected(rep, args.seed)
+            row = {"m": m, "n": n, "k": k, "arch": arch, "lam": rep.get("lam", lam),
+                   "delta": m / n, "rho": k / m, "rho_weak": float(b.rho_weak),
+                   "inside_margin": bool(k / m <= 0.8 * b.rho_weak),
                    **{key: rep[key] for key in ("dict_recovery_rate", "dict_mean_cos",
-                                                 "latent_mcc", "fvu", "l0", "dead_fraction")}}
+                                                 "latent_mcc", "fvu", "l0", "dead_fraction")},
+                   **{key: rep[key] for key in ("best_lam_in_hindsight", "recovery_at_best_lam",
+                                                 "recovery_at_selected_lam") if key in rep}}
             rows.append(row)
             print(f"[{i + 1}/{len(cells)}] M={m:3d} N={n:4d} K={k} {arch:13s} "
                   f"recovered={row['dict_recovery_rate']:.3f} mcc={row['latent_mcc']:.3f} "
                   f"fvu={row['fvu']:.4f} l0={row['l0']:.2f} "
+                  + (f"λ={row['lam']:g} (best in hindsight {row['best_lam_in_hindsight']:g}) "
+                     if "best_lam_in_hindsight" in row else "") +
                   f"{'inside' if row['inside_margin'] else 'outside'} 0.8ρ_W "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     pareto = []
@@ -178,7 +211,7 @@ def main(argv=None) -> None:
                                                  for k, v in vars(args).items()},
         "seconds": time.perf_counter() - start, "environment": report.environment()})
     with open(args.out / "grid.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     _heat_maps(rows, archs, args.out / "heat_maps.png")
@@ -191,6 +224,14 @@ def main(argv=None) -> None:
             ok = sum(r["dict_recovery_rate"] >= 0.95 for r in sel)
             print(f"{arch:13s}: ≥ 95 % of atoms recovered in {ok}/{len(sel)} cells inside "
                   "0.8·ρ_W(δ)")
+        chosen = [r for r in rows if r["arch"] == arch and "best_lam_in_hindsight" in r]
+        if chosen:
+            as_good = sum(r["recovery_at_selected_lam"] >= r["recovery_at_best_lam"]
+                          for r in chosen)
+            loss = max(r["recovery_at_best_lam"] - r["recovery_at_selected_lam"] for r in chosen)
+            print(f"{arch:13s}: seed agreement chose a λ as good as the best in hindsight in "
+                  f"{as_good}/{len(chosen)} cells; largest mean recovery lost to the choice "
+                  f"{loss:.3f}")
     print(f"wrote {args.out}/results.json, grid.csv, heat_maps.png"
           + (", pareto.png" if pareto else ""))
 
