@@ -76,7 +76,7 @@ def _selected(rep: dict, seed: int) -> dict:
     mean_rec = {v: float(np.mean([m["dict_recovery_rate"] for m in sweep if m["lam"] == v]))
                 for v in sel["lams"]}
     best = max(mean_rec, key=mean_rec.get)
-    return {**member, "lam": lam, "seed_agreement": sel["seed_agreement"],
+    return {**member, "seed_agreement": sel["seed_agreement"],
             "lams_tried": sel["lams"], "best_lam_in_hindsight": best,
             "recovery_at_best_lam": mean_rec[best], "recovery_at_selected_lam": mean_rec[lam]}
 

@@ -202,13 +202,19 @@ def _member(config: TrainSAEConfig, result: train.FitResult, i: int) -> dict[str
     return {"lam": lam, "seed": seed, "final_train_loss": None if last is None else last[i]}
 
 
-def _saelens_dir(config: TrainSAEConfig, out: pathlib.Path, member: dict[str, Any]
-                 ) -> pathlib.Path:
-    """DIR/saelens/, or DIR/saelens/lam{λ}[_seed{s}]/ for each SAE of a sweep."""
-    if not config.members:
-        return out / "saelens"
-    restart = f"_seed{member['seed']}" if config.restarts > 1 else ""
-    return out / "saelens" / f"lam{member['lam']:g}{restart}"
+def _export(model: models.SparseAutoencoder, config: TrainSAEConfig, out: pathlib.Path,
+            member: dict[str, Any], source: str) -> None:
+    """The SAELens folder of one SAE: DIR/saelens/, or DIR/saelens/lam{λ}[_seed{s}]/ for each
+    SAE of a sweep, its cfg.json carrying the run's settings with this SAE's λ and seed."""
+    from superjax import export
+
+    folder = out / "saelens"
+    if config.members:
+        restart = f"_seed{member['seed']}" if config.restarts > 1 else ""
+        folder = folder / f"lam{member['lam']:g}{restart}"
+    export.export_saelens(model, folder, source=source,
+                          **{**dataclasses.asdict(config), "lam": member["lam"],
+                             "seed": member["seed"]})
 
 
 def lam_selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder]
@@ -239,7 +245,6 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
     out = pathlib.Path(out)
     if config.activations is not None:
         return run_activations(config, out, progress=progress, mesh=mesh)
-    from superjax import export
 
     start = time.perf_counter()
     trained, truth, test, k_eval, result = _train(config, out, progress, mesh)
@@ -247,10 +252,7 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
     for i, model in enumerate(trained):
         member = _member(config, result, i)
         if model.config.encoder == "linear" and config.arch != "batchtopk":
-            export.export_saelens(model, _saelens_dir(config, out, member),
-                                  source="superjax train-sae",
-                                  **{**dataclasses.asdict(config), "lam": member["lam"],
-                                     "seed": member["seed"]})
+            _export(model, config, out, member, "superjax train-sae")
         members.append({**member, **evaluate(model, truth, test, k_eval)})
     return _write_report(config, out, members, result, start, **lam_selection(config, trained))
 
@@ -286,7 +288,7 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
     The SAE trains on activations scaled to mean norm √M; the scale is folded into the saved
     weights (DIR/saelens/), so the exported SAE takes raw activations.
     """
-    from superjax import activations, export
+    from superjax import activations
 
     start = time.perf_counter()
     arr = activations.open_array(config.activations)
@@ -313,10 +315,7 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
         activations.fold_scale(model, batches.scale)
         codes = model(held)
         if config.arch != "batchtopk":
-            export.export_saelens(model, _saelens_dir(config, out, member),
-                                  source="superjax train-sae --activations",
-                                  **{**dataclasses.asdict(config), "lam": member["lam"],
-                                     "seed": member["seed"]})
+            _export(model, config, out, member, "superjax train-sae --activations")
         members.append({**member, "fvu": float(metrics.fvu(held, codes.reconstruction)),
                         "l0": float(metrics.l0(codes.codes)),
                         "dead_fraction": float(metrics.dead_fraction(codes.codes))})
