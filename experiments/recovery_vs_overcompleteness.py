@@ -224,6 +224,9 @@ def main(argv=None) -> int:
             print(f"[{i + 1}/{len(fresh)}] {s}: skipped: {err}", file=sys.stderr)
             continue
         row = {**s, "ratio": s["n"] / s["d"], **{k: rep[k] for k in COLUMNS if k in rep}}
+        if "rounds" in rep["diagnostics"]:  # Fourier search: how many rounds, why it stopped
+            row["search_rounds"] = len(rep["diagnostics"]["rounds"])
+            row["search_stop"] = rep["diagnostics"]["stop"]
         done[_key(s)] = row
         eta = (time.perf_counter() - start) / (i + 1) * (len(fresh) - i - 1)
         print(f"[{i + 1}/{len(fresh)}] {s['method']:8s} d={s['d']:3d} n={s['n']:4d} "

@@ -78,7 +78,10 @@ class RecoveryConfig:
       split: after the final fit, try splitting every direction in two (:func:`split`), which
         separates close pairs (Δ ≲ 0.2 rad) that every search returns as one direction.
       scale: query scale s (queries x ~ N(0, s²I)).
-      starts: random starts per Fourier round; rounds: maximum peeling rounds.
+      starts: random starts per Fourier round; rounds: a safety cap on the peeling rounds. The
+        search stops on its own when a round finds nothing new or removes < 3 % of the residual;
+        each round adds ~20 directions at d = 32, so n = 256 needs ~13 rounds (clustered pairs,
+        which come apart one direction per round, more).
       taus: annealed radii of the Fourier fixed-point iteration (in units of 1/s).
       h: finite-difference step of the Hessian method.
       max_features: cap on the number of directions kept (None: unbounded).
@@ -90,7 +93,7 @@ class RecoveryConfig:
     split: bool = True
     scale: float = 1.0
     starts: int = 128
-    rounds: int = 12
+    rounds: int = 40
     taus: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5)
     h: float = 0.5
     max_features: int | None = None
@@ -247,6 +250,7 @@ def fourier(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(),
     xf, yf = x[: config.fit_queries], y[: config.fit_queries]
     rounds = []
     model = None
+    stop = "round cap"
     for r in range(config.rounds):
         # Warm-started from the last round's fit, so the refinement of the earlier directions
         # accumulates over the rounds: a direction left at |cos| ≈ 0.9 by its round otherwise
@@ -261,7 +265,9 @@ def fourier(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(),
         resid = y - ridge.predict(model, x)
         frac = float(jnp.var(resid) / jnp.var(y))
         if rounds and frac > PEEL_PROGRESS * rounds[-1]["residual_fraction"]:
-            break  # the last round's directions explained too little: the rest is noise/misfit
+            # the last round's directions explained too little: the rest is noise or misfit
+            stop = "no progress"
+            break
         u, mass, move = fixed_point(x, resid, _random_unit(jax.random.fold_in(kr, r),
                                                             config.starts, d), taus, s)
         converged = np.asarray(move) > 0.999
@@ -274,9 +280,14 @@ def fourier(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(),
             progress(f"fourier round {r}: residual {frac:.3g} of var f, {len(found)} kept, "
                      f"{len(new)} new")
         if len(new) == 0:
+            stop = "nothing new"
             break
         found = np.concatenate([found, new])
-    return jnp.asarray(found), {"rounds": rounds, "search_queries": int(x.shape[0])}
+    if stop == "round cap" and progress:
+        progress(f"fourier: stopped at the cap of {config.rounds} rounds while still finding "
+                 "directions; raise RecoveryConfig.rounds")
+    return jnp.asarray(found), {"rounds": rounds, "stop": stop,
+                                "search_queries": int(x.shape[0])}
 
 
 # ----------------------------------------------------------------------------- Hessian / Hermite

@@ -106,6 +106,19 @@ def test_methods_recover_an_overcomplete_target(method, budget):
     assert res.queries <= budget
 
 
+def test_fourier_search_reports_why_it_stopped():
+    # One round of the search, capped: its directions are true ones (the dominant features), and
+    # the cap is reported, since the search was still finding directions when it was cut off.
+    target, orc = _instance(6, 12)
+    messages = []
+    found, diag = R.fourier(orc, jax.random.key(2), R.RecoveryConfig(
+        budget=40_000, fit_queries=12_000, rounds=1), progress=messages.append)
+    assert diag["stop"] == "round cap" and len(diag["rounds"]) == 1
+    assert any("cap of 1 rounds" in m for m in messages), messages
+    cos = np.abs(np.asarray(found) @ np.asarray(target.directions).T).max(1)
+    assert len(found) >= 3 and cos.min() > 0.9, cos
+
+
 @pytest.mark.slow
 def test_hermite_and_student_recover_an_undercomplete_target():
     target, orc = _instance(6, 5, responses="tanh")
