@@ -83,9 +83,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--auxk", type=int, default=0,
                    help="AuxK: dead latents that reconstruct the residual (Gao et al. use M/2; "
                         "default 0 = off)")
-    s.add_argument("--topk-kernel", default="dense",
-                   help="dense or gather: how --arch topk decodes and back-propagates (gather: "
-                        "only the k chosen latents; same training, faster on CPU)")
+    s.add_argument("--topk-kernel", default="auto",
+                   help="auto, dense or gather: how --arch topk decodes and back-propagates "
+                        "(gather: only the k chosen latents; same training, faster on CPU; "
+                        "auto: gather on CPU, dense on accelerators)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--devices", type=int, default=None,
                    help="train data-parallel over this many devices (default all; the batch size "

@@ -45,8 +45,9 @@ class TrainSAEConfig:
         of synthetic data; N is then the SAE width and K the TopK k. The last ``test_samples``
         rows (at most 10 %) are held out for evaluation.
       k_aux: AuxK against dead latents (see :class:`superjax.train.FitConfig`); 0 turns it off.
-      topk_kernel: "dense" or "gather" for arch topk (see :class:`superjax.models.SAEConfig`);
-        the same training, faster on CPU with "gather".
+      topk_kernel: "auto", "dense" or "gather" for arch topk (see
+        :class:`superjax.models.SAEConfig`): the same training, faster on CPU with "gather",
+        which "auto" picks there.
       lams: a λ sweep: one SAE per value (replacing ``lam``), trained in one compiled step on the
         same batches (:func:`superjax.train.fit`); for relu, jumprelu, mlp and lista.
       restarts: SAEs per λ, from initialisation seeds seed, seed + 1, ... (same data and
@@ -72,7 +73,7 @@ class TrainSAEConfig:
     seed: int = 0
     activations: str | None = None
     k_aux: int = 0
-    topk_kernel: str = "dense"
+    topk_kernel: str = "auto"
     lams: tuple[float, ...] = ()
     restarts: int = 1
 
@@ -104,7 +105,7 @@ class TrainSAEConfig:
         if self.restarts > 1 and self.arch == "sparse-coding":
             raise ValueError("--restarts trains SAEs side by side in one compiled step; "
                              "sparse coding runs one dictionary per run")
-        if self.topk_kernel != "dense" and self.arch != "topk":
+        if self.topk_kernel == "gather" and self.arch != "topk":
             raise ValueError(f"--topk-kernel {self.topk_kernel} is for --arch topk, got "
                              f"{self.arch!r}")
         if self.activations is not None:

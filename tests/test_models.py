@@ -10,8 +10,8 @@ from flax import nnx
 from superjax import losses, models
 
 
-def _model(activation="relu", d_in=8, d_sae=16, k=3, seed=0):
-    cfg = models.SAEConfig(d_in=d_in, d_sae=d_sae, activation=activation, k=k)
+def _model(activation="relu", d_in=8, d_sae=16, k=3, seed=0, kernel="dense"):
+    cfg = models.SAEConfig(d_in=d_in, d_sae=d_sae, activation=activation, k=k, topk_kernel=kernel)
     return models.SparseAutoencoder(cfg, rngs=nnx.Rngs(seed))
 
 
@@ -232,8 +232,8 @@ def test_gather_topk_kernel_equals_dense_in_value_and_gradient(k_aux):
     dense.b_dec[...] = 0.1 * jnp.arange(8.0)
     dense.b_enc[...] = 0.05 * jnp.sin(jnp.arange(24.0))
     graphdef, state = nnx.split(dense)
-    cfg = models.SAEConfig(d_in=8, d_sae=24, activation="topk", k=4, topk_kernel="gather")
-    gather = nnx.merge(nnx.split(models.SparseAutoencoder(cfg, rngs=nnx.Rngs(0)))[0], state)
+    gather = nnx.merge(nnx.split(_model("topk", d_in=8, d_sae=24, k=4, kernel="gather"))[0],
+                       state)
     x, dead = _x(batch=64), jnp.arange(24) % 3 == 0
 
     def grads(model):
@@ -248,6 +248,14 @@ def test_gather_topk_kernel_equals_dense_in_value_and_gradient(k_aux):
     chex.assert_trees_all_close(gather(x).codes, dense(x).codes, atol=1e-5)
     chex.assert_trees_all_close(nnx.state(g_gather), nnx.state(g_dense), atol=1e-5, rtol=1e-4)
     assert float(jnp.abs(g_dense.W_enc[...]).max()) > 0
+
+
+def test_auto_topk_kernel_is_gather_on_cpu_for_one_layer_topk_only():
+    on_cpu = jax.default_backend() == "cpu"
+    assert _model("topk", kernel="auto").config.gather_kernel == on_cpu
+    assert not _model("batchtopk", kernel="auto").config.gather_kernel
+    assert not _model("relu", kernel="auto").config.gather_kernel
+    assert not _model("topk", kernel="dense").config.gather_kernel
 
 
 def test_batch_sum_and_bias_gradient_equal_the_plain_reductions():
