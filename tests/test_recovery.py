@@ -264,3 +264,20 @@ def test_merge_redundant_drops_a_duplicate_but_not_a_distinct_pair():
     out = R.merge_redundant(doubled, x, tol=1e-4 * var_f)
     assert out.directions.shape[0] == 4
     np.testing.assert_allclose(np.asarray(out.directions), np.asarray(model.directions), atol=1e-6)
+
+
+def test_finish_keeps_a_separated_close_pair_and_merges_a_candidate_found_twice():
+    # The search can hand over both members of a Δ = 0.1 pair (|cos| 0.995) and the same feature
+    # twice; only the second is redundant. (The old cosine dedupe at 0.99 merged the pair.)
+    target, _ = _pair_target()
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(25))
+    v = np.asarray(target.directions)
+    again = np.asarray(ridge.unit(jnp.asarray(v[2] + 0.005 * v[3])[None]))
+    candidates = jnp.asarray(np.concatenate([v, again]))
+    directions, model, _ = R.finish(orc, jax.random.key(26), candidates, R.RecoveryConfig(
+        budget=20_000, fit_queries=12_000, split=False))
+    assert directions.shape[0] == 4
+    cos = np.abs(v @ np.asarray(directions).T)
+    assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.99), cos
+    x = jax.random.normal(jax.random.key(27), (8_000, 6))
+    assert float(ridge.relative_mse(model, x, O.evaluate(target, x))) < 1e-3
