@@ -58,6 +58,8 @@ SPLIT_GAIN = 0.6
 #: fit's residual mean square (:func:`merge_redundant`): a candidate found twice costs ~nothing
 #: to merge, a clustered pair at Δ = 0.1 rad costs about the whole residual.
 MERGE_TOL = 0.1
+#: A drop by this factor between consecutive singular values of the Hessian span marks exact data.
+EXACT_GAP = 1e3
 #: Eigenvalues of the order-4 Hermite moment count as signal above this multiple of the noise edge.
 HERMITE_EDGE = 1.5
 
@@ -321,12 +323,18 @@ def subspace_power_method(basis: Float[Array, "r d d"], key, starts: int, *, ite
 def _span(rows: Float[Array, "h p"], rank: int | None) -> tuple[Array, int, Array]:
     """Orthonormal basis of the dominant row space, and its rank.
 
-    Rows are vectorised symmetric d×d matrices (D = d(d+1)/2 free entries). With h > D noisy rows,
-    pure-noise singular values lie in [σ(√h − √D), σ(√h + √D)] (Marchenko–Pastur edges), and the
-    smallest symmetric one, sv[D−1], is noise unless the span is everything: the rank counts the
-    singular values above 1.05 × (√h + √D)/(√h − √D) × sv[D−1], then cuts at the largest drop in
-    the top quarter below that count. With h ≤ 2D (exact inputs, tests)
-    the rank sits at the largest ratio of consecutive singular values.
+    Rows are vectorised symmetric d×d matrices (D = d(d+1)/2 free entries). With h > 2D noisy
+    rows, pure-noise singular values lie in [σ(√h − √D), σ(√h + √D)] (Marchenko–Pastur edges),
+    and the smallest symmetric one, sv[D−1], is noise unless the span is everything: the count
+    is of singular values above 1.05 × (√h + √D)/(√h − √D) × sv[D−1]. With fewer rows that
+    edge ratio diverges, and the count is Gavish & Donoho's threshold for unknown noise,
+    ω(β) × the median of the min(h, D) singular values, β = min(h, D)/max(h, D) (arXiv
+    1305.5870; it assumes the rank is below half of min(h, D)). Finite-difference errors are not
+    i.i.d., so the rank is then the sharpest drop between consecutive singular values near the
+    count: in the top quarter below the edge count, which can include a few noise directions;
+    within a quarter either side of the threshold count, which errs low. Below 2D rows, a drop
+    by more than ``EXACT_GAP`` (exact inputs, where the span may exceed half of min(h, D)) is
+    taken as the rank directly.
     """
     _, sv, vt = jnp.linalg.svd(rows, full_matrices=False)
     if rank is None:
@@ -334,17 +342,23 @@ def _span(rows: Float[Array, "h p"], rank: int | None) -> tuple[Array, int, Arra
         h, dd = rows.shape
         d = int(round(np.sqrt(dd)))
         big_d = d * (d + 1) // 2
+        m = min(h, big_d, len(sv_np))
         if h > 2 * big_d and len(sv_np) >= big_d:
             edge = (np.sqrt(h) + np.sqrt(big_d)) / (np.sqrt(h) - np.sqrt(big_d))
-            r_mp = max(1, int(np.sum(sv_np[:big_d] > 1.05 * edge * sv_np[big_d - 1])))
-            # Finite-difference errors are not i.i.d., so the edge count can include a few noise
-            # directions: take the sharpest drop among the top quarter below it.
-            lo = max(1, r_mp - r_mp // 4)
-            ratio = sv_np[lo - 1:r_mp] / np.maximum(sv_np[lo:r_mp + 1], 1e-30)
+            count = max(1, int(np.sum(sv_np[:big_d] > 1.05 * edge * sv_np[big_d - 1])))
+            lo, hi = max(1, count - count // 4), count
+        elif (gaps := sv_np[:m - 1] / np.maximum(sv_np[1:m], 1e-30)).max() > EXACT_GAP:
+            lo = hi = count = int(np.argmax(gaps)) + 1  # exact inputs: nothing below is signal
+        else:
+            beta = m / max(h, big_d)
+            omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+            count = max(1, int(np.sum(sv_np[:m] > omega * np.median(sv_np[:m]))))
+            lo, hi = max(1, count - count // 4), min(m - 1, count + count // 4)
+        if hi >= lo and m > 1:
+            ratio = sv_np[lo - 1:hi] / np.maximum(sv_np[lo:hi + 1], 1e-30)
             rank = lo + int(np.argmax(ratio))
         else:
-            top = sv_np[: min(len(sv_np), big_d)]
-            rank = int(np.argmax(top[:-1] / np.maximum(top[1:], 1e-30))) + 1
+            rank = count
     return vt[:rank], rank, sv
 
 

@@ -48,6 +48,20 @@ def test_subspace_power_method_extracts_rank_one_members_of_an_exact_span():
     assert np.all(cos.max(1) > 0.9999) and len(found) == n
 
 
+def test_span_rank_from_fewer_noisy_matrices_than_twice_the_symmetric_dimension():
+    # h = 50 noisy matrices in d = 8 (D = 36 < h ≤ 2D: no Marchenko–Pastur edge): the largest
+    # singular-value ratio sits at the top (one strong feature), the rank at the noise threshold.
+    d, n, h = 8, 10, 50
+    v = ridge.unit(jax.random.normal(jax.random.key(7), (n, d)))
+    scales = jnp.concatenate([jnp.array([4.0]), jnp.linspace(2.0, 1.0, n - 1)])
+    mix = jax.random.normal(jax.random.key(8), (h, n)) * scales
+    noise = jax.random.normal(jax.random.key(9), (h, d, d))
+    mats = jnp.einsum("hn,ni,nj->hij", mix, v, v) + 0.15 * (noise + jnp.swapaxes(noise, 1, 2))
+    _, rank, sv = R._span(mats.reshape(h, d * d), None)
+    assert float(sv[0] / sv[1]) > float(sv[n - 1] / sv[n])  # the old largest-ratio rule: rank 1
+    assert rank == n, np.asarray(sv[: 2 * n])
+
+
 def test_jennrich_decomposes_an_exact_third_order_tensor():
     d = 6
     v = ridge.unit(jax.random.normal(jax.random.key(5), (d, d)))
