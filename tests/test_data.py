@@ -97,7 +97,9 @@ def test_batch_at_is_reproducible_per_step_and_jits():
     first, again, other = stream(key, 3, a), stream(key, 3, a), stream(key, 4, a)
     chex.assert_trees_all_equal(first, again)
     assert not bool(jnp.allclose(first.z, other.z))
-    chex.assert_trees_all_equal(first, data.batch_at(key, 3, a, cfg, 32))
+    # Eager and compiled programs may round the decoding matmul differently (XLA promises no
+    # bitwise agreement between them): the same batch to float32 rounding.
+    chex.assert_trees_all_close(first, data.batch_at(key, 3, a, cfg, 32), rtol=1e-6, atol=1e-6)
     # vmap over steps gives the same batches as one call per step.
     many = jax.vmap(lambda s: data.batch_at(key, s, a, cfg, 32))(jnp.arange(3, 5))
     chex.assert_trees_all_close(many.z[0], first.z)
