@@ -347,6 +347,8 @@ def _span(rows: Float[Array, "h p"], rank: int | None) -> tuple[Array, int, Arra
             edge = (np.sqrt(h) + np.sqrt(big_d)) / (np.sqrt(h) - np.sqrt(big_d))
             count = max(1, int(np.sum(sv_np[:big_d] > 1.05 * edge * sv_np[big_d - 1])))
             lo, hi = max(1, count - count // 4), count
+        elif m < 2:
+            lo = hi = count = 1
         elif (gaps := sv_np[:m - 1] / np.maximum(sv_np[1:m], 1e-30)).max() > EXACT_GAP:
             lo = hi = count = int(np.argmax(gaps)) + 1  # exact inputs: nothing below is signal
         else:
