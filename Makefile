@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= runs/demo
+# pytest-xdist worker processes for `make test` (CI has 2 cores)
+WORKERS ?= 2
 
 .PHONY: demo test test-all bench lint clean
 
@@ -18,10 +20,10 @@ demo: $(VENV)/.installed
 	$(BIN)/superjax demo --out $(OUT)
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(WORKERS) --dist worksteal
 
 test-all: $(VENV)/.installed
-	$(BIN)/python -m pytest -m ''
+	$(BIN)/python -m pytest -n $(WORKERS) --dist worksteal -m ''
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_sparse_coding.py
