@@ -137,6 +137,13 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--samples", type=int, default=32768, help="training samples")
     i.add_argument("--classifier-steps", type=int, default=4000)
     i.add_argument("--sae-steps", type=int, default=3000)
+    i.add_argument("--lam", type=float, default=0.1,
+                   help="L1 coefficient of the ReLU SAE (default 0.1)")
+    i.add_argument("--lams", type=_float_list, default=(),
+                   help="comma-separated λ values: choose the ReLU SAE's λ among them by seed "
+                        "agreement (no ground truth; scored against it afterwards)")
+    i.add_argument("--restarts", type=int, default=3,
+                   help="initialisations per λ for --lams (default 3)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
     i.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -210,12 +217,19 @@ def _train_sae(args) -> None:
         shown = [k for k in keys if k in member]  # an activation file has no ground truth
         lam = f"lam={member['lam']:g} seed={member['seed']}  " if "sweep" in rep else ""
         print(lam + "  ".join(f"{k}={member[k]:.4f}" for k in shown))
+    _print_lam_selection(rep)
+    print(f"wrote {args.out / 'report.json'}")
+
+
+def _print_lam_selection(rep: dict) -> None:
     if "lam_selection" in rep:
         sel = rep["lam_selection"]
         print("seed agreement per λ: " + "  ".join(
             f"{lam:g}: {a:.4f}" for lam, a in zip(sel["lams"], sel["seed_agreement"], strict=True))
             + f"  -> selected λ = {sel['selected_lam']:g}")
-    print(f"wrote {args.out / 'report.json'}")
+        if "latent_mcc" in sel:
+            print("latent MCC per λ (scored after the choice): " + "  ".join(
+                f"{lam:g}: {v:.4f}" for lam, v in zip(sel["lams"], sel["latent_mcc"], strict=True)))
 
 
 def _amortisation_gap(args) -> None:
@@ -267,9 +281,11 @@ def _identifiability(args) -> None:
 
     config = network_study.IdentifiabilityConfig(
         latents=args.latents, neurons=args.neurons, k=args.k, samples=args.samples,
-        classifier_steps=args.classifier_steps, sae_steps=args.sae_steps, seed=args.seed)
+        classifier_steps=args.classifier_steps, sae_steps=args.sae_steps, lam=args.lam,
+        lams=args.lams, restarts=args.restarts, seed=args.seed)
     _writable(args.out)
     rep = network_study.identifiability(config, args.out, progress=not args.quiet)
+    _print_lam_selection(rep)
     _print_report(rep, ("accuracy", "bayes_accuracy", "linear_r2", "linear_r2_ceiling",
                         "additivity_cos", "null_additivity_cos", "neuron_latent_mcc",
                         "sae_latent_mcc", "sae_latent_mcc_chance", "intrusion_accuracy",

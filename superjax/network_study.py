@@ -39,6 +39,10 @@ class IdentifiabilityConfig:
       samples, test_samples: training and held-out set sizes.
       classifier_steps, sae_steps: optimisation steps.
       lam: L1 coefficient of the ReLU SAE (on inputs scaled to mean norm √M).
+      lams, restarts: when ``lams`` is given, the ReLU SAE's λ is chosen among them without the
+        truth: each λ is trained from ``restarts`` initialisations (one compiled run) and the λ
+        whose restarts agree most is kept (:func:`superjax.sae_study.select_lam`). The report
+        then scores every λ against the true latents, to show how good the blind choice was.
       classes, sharpness: the world's label process (see :class:`superjax.world.WorldConfig`).
       seed: world, data, classifier and SAEs.
     """
@@ -51,6 +55,8 @@ class IdentifiabilityConfig:
     classifier_steps: int = 4000
     sae_steps: int = 3000
     lam: float = 0.1
+    lams: tuple[float, ...] = ()
+    restarts: int = 3
     classes: int | None = None
     sharpness: float = 3.0
     seed: int = 0
@@ -63,6 +69,9 @@ class IdentifiabilityConfig:
         _checks.positive_int("classifier_steps", self.classifier_steps)
         _checks.positive_int("sae_steps", self.sae_steps)
         _checks.real_number("lam", self.lam, minimum=0.0)
+        object.__setattr__(self, "lams", tuple(_checks.real_number("lams", v, minimum=0.0)
+                                               for v in self.lams))
+        _checks.positive_int("restarts", self.restarts, minimum=2 if self.lams else 1)
         _checks.positive_int("seed", self.seed, minimum=0)
 
     @property
@@ -90,17 +99,27 @@ def _standardise(train_rows, *others):
 
 
 def _train_saes(y_train, *, latents: int, k: int, lam: float, steps: int, seed: int,
-                out: pathlib.Path, progress: bool) -> dict[str, models.SparseAutoencoder]:
+                out: pathlib.Path, progress: bool, lams: tuple[float, ...] = (),
+                restarts: int = 1) -> tuple[dict[str, models.SparseAutoencoder], list, dict]:
+    """A TopK and a ReLU SAE on ``y_train``. With ``lams``, the ReLU SAE's λ is chosen by seed
+    agreement; then also returns every (λ, restart) SAE and the selection."""
     fit = sae_study.fit_schedule(steps, lam=lam, learning_rate=3e-3)
-    saes = {}
+    saes, sweep, selection = {}, [], {}
     for i, arch in enumerate(SAE_ARCHS):
         sae = models.SAEConfig(d_in=y_train.shape[1], d_sae=latents, activation=arch,
                                k=min(k, latents) if arch == "topk" else 0)
+        choose = arch == "relu" and bool(lams)
+        grid = {"lams": [v for v in lams for _ in range(restarts)],
+                "seeds": [seed + r for _ in lams for r in range(restarts)]} if choose else {}
         saes[arch], _ = sae_study.fit_rows(
             sae, y_train, fit, out / f"sae_{arch}", seed=seed,
             order_key=jax.random.fold_in(jax.random.key(seed), 100 + i),
-            batch_size=min(1024, y_train.shape[0]), progress=progress)
-    return saes
+            batch_size=min(1024, y_train.shape[0]), progress=progress, **grid)
+        if choose:
+            sweep = saes[arch]
+            selection = sae_study.select_lam(lams, restarts, [m.dictionary for m in sweep])
+            saes[arch] = sweep[lams.index(selection["selected_lam"]) * restarts]
+    return saes, sweep, selection
 
 
 def _intrusion_scores(key, codes, y, judge, k: int = 5, window: int = 1
@@ -172,9 +191,18 @@ def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
             "neuron_latent_mcc": float(metrics.latent_mcc(te.z, y_test)),
         })
         y_train_s, y_test_s = _standardise(y_all, y_test)
-        saes = _train_saes(y_train_s, latents=config.latents, k=config.k, lam=config.lam,
-                           steps=config.sae_steps, seed=config.seed, out=out,
-                           progress=progress)
+        saes, sweep, selection = _train_saes(
+            y_train_s, latents=config.latents, k=config.k, lam=config.lam,
+            steps=config.sae_steps, seed=config.seed, out=out, progress=progress,
+            lams=config.lams, restarts=config.restarts)
+        if selection:
+            # Scored against the truth only now, after the choice.
+            mcc = [float(metrics.latent_mcc(te.z, m(y_test_s).codes)) for m in sweep]
+            r = config.restarts
+            per_lam = [float(np.mean(mcc[i * r:(i + 1) * r])) for i in range(len(config.lams))]
+            rep["lam_selection"] = {
+                **selection, "latent_mcc": per_lam,
+                "best_lam_in_hindsight": config.lams[int(np.argmax(per_lam))]}
         per_arch = {}
         for arch, sae in saes.items():
             o = sae(y_test_s)

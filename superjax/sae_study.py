@@ -218,21 +218,27 @@ def _export(model: models.SparseAutoencoder, config: TrainSAEConfig, out: pathli
                              "seed": member["seed"]})
 
 
-def lam_selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder]
-                  ) -> dict[str, Any]:
-    """Per λ, the agreement of its restarts (:func:`superjax.metrics.seed_agreement`), and the λ
-    where it is highest; {} with fewer than two restarts."""
-    if config.restarts < 2:
-        return {}
-    lams = config.lams or (config.lam,)
-    r = config.restarts
-    agreement = [float(metrics.seed_agreement([m.dictionary for m in trained[i * r:(i + 1) * r]]))
+def select_lam(lams, restarts: int, dictionaries) -> dict[str, Any]:
+    """Per λ, the agreement of its ``restarts`` dictionaries (λ-major order, as
+    :attr:`TrainSAEConfig.members`; :func:`superjax.metrics.seed_agreement`), and the λ where it
+    is highest. No ground truth is used."""
+    r = restarts
+    agreement = [float(metrics.seed_agreement(dictionaries[i * r:(i + 1) * r]))
                  for i in range(len(lams))]
     best = max(range(len(lams)), key=lambda i: agreement[i])
-    return {"lam_selection": {"rule": "the λ whose restarts agree most (Hungarian-matched mean "
-                                      "|cos| between their dictionaries)",
-                              "restarts": r, "lams": list(lams), "seed_agreement": agreement,
-                              "selected_lam": lams[best]}}
+    return {"rule": "the λ whose restarts agree most (Hungarian-matched mean |cos| between their "
+                    "dictionaries)",
+            "restarts": r, "lams": list(lams), "seed_agreement": agreement,
+            "selected_lam": lams[best]}
+
+
+def lam_selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder]
+                  ) -> dict[str, Any]:
+    """:func:`select_lam` over a run's restarts; {} with fewer than two."""
+    if config.restarts < 2:
+        return {}
+    return {"lam_selection": select_lam(config.lams or (config.lam,), config.restarts,
+                                        [m.dictionary for m in trained])}
 
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True, mesh=None

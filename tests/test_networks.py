@@ -81,6 +81,19 @@ def test_identifiability_small_world(tmp_path):
     assert saved["sae_latent_mcc"] == sup["sae_latent_mcc"]
 
 
+@pytest.mark.slow
+def test_seed_agreement_chooses_the_relu_sae_lambda_on_a_network_representation(tmp_path):
+    # A real network's representation in superposition (M = 16 neurons, N = 32 latents): the λ
+    # whose restarts agree is chosen blind, and the truth, scored afterwards, agrees with it.
+    cfg = network_study.IdentifiabilityConfig(latents=32, neurons=16, k=3, classifier_steps=3000,
+                                              sae_steps=2000, lams=(0.1, 1.0, 10.0))
+    rep = network_study.identifiability(cfg, tmp_path, progress=False)
+    sel = rep["lam_selection"]
+    assert sel["selected_lam"] == sel["best_lam_in_hindsight"] == 1.0
+    assert sel["seed_agreement"][1] > max(sel["seed_agreement"][0], sel["seed_agreement"][2]) + 0.2
+    assert sel["latent_mcc"][1] > 0.8 and rep["sae"]["relu"]["latent_mcc"] > 0.8
+
+
 def test_a_classifier_that_does_not_learn_is_reported_not_scored(tmp_path):
     rep = network_study.identifiability(
         network_study.IdentifiabilityConfig(latents=8, neurons=8, k=2, samples=2048,
@@ -112,6 +125,8 @@ def test_digits_network_sae_scores_and_panels(tmp_path):
     (["identifiability", "--latents", "1"], "latents must be >= 2"),
     (["identifiability", "--neurons", "0"], "neurons must be >= 1"),
     (["identifiability", "--latents", "8", "--k", "9"], "k must be <= latents"),
+    (["identifiability", "--lams", "0.1,1", "--restarts", "1"], "restarts must be >= 2"),
+    (["identifiability", "--lams", "0.1,-1"], "lams must lie in [0, inf), got -1"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, match, capsys, tmp_path):
     assert cli.main([*argv, "--out", str(tmp_path)]) == 2

@@ -2,9 +2,10 @@
 
 import json
 
+import jax
 import pytest
 
-from superjax import cli, sae_study
+from superjax import cli, metrics, sae_study
 
 
 def test_amortisation_gap_report_structure(tmp_path, capsys):
@@ -76,3 +77,16 @@ def test_seed_agreement_selects_the_lambda_that_recovers_the_dictionary(tmp_path
     recovered = {lam: min(m["dict_recovery_rate"] for m in rep["sweep"] if m["lam"] == lam)
                  for lam in (0.03, 0.3)}
     assert recovered[0.3] >= 0.9 and recovered[0.3] > recovered[0.03] + 0.5
+
+
+def test_select_lam_picks_the_lambda_whose_restarts_agree():
+    # Three λ, two restarts each (λ-major). The second λ's restarts found the same atoms up to
+    # order, sign and scale; the others found unrelated ones.
+    key = jax.random.key(0)
+    a, b, c, d, e = (jax.random.normal(k, (8, 12)) for k in jax.random.split(key, 5))
+    same = -3.0 * c[:, ::-1]
+    sel = sae_study.select_lam((0.1, 0.3, 1.0), 2, [a, b, c, same, d, e])
+    assert sel["selected_lam"] == 0.3 and sel["restarts"] == 2
+    assert sel["seed_agreement"][1] == pytest.approx(1.0, abs=1e-6)
+    assert sel["seed_agreement"][0] == pytest.approx(
+        float(metrics.seed_agreement([a, b])), abs=1e-7) and sel["seed_agreement"][0] < 0.8
