@@ -43,6 +43,13 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
     assert full["linear_r2"] > 0.7 and sup["linear_r2"] <= sup["linear_r2_ceiling"] + 0.02
     assert sup["sae_latent_mcc"] > sup["neuron_latent_mcc"] + 0.3
     assert f"{sup['sae_latent_mcc']:.3f}" in text
+    # The ReLU SAE's λ is chosen by seed agreement; scored by the truth afterwards, the choice is
+    # within 0.02 latent MCC of the best λ in hindsight.
+    assert "**λ without ground truth.**" in text
+    for rep in (full, sup):
+        sel = rep["lam_selection"]
+        mcc = sel["latent_mcc"]
+        assert mcc[sel["lams"].index(sel["selected_lam"])] >= max(mcc) - 0.02, sel
     digits = net["digits"]
     assert digits["status"] == "ok" and digits["accuracy"] > 0.9
     assert (out / "digits" / "top_inputs_sae.png").stat().st_size > 10_000
