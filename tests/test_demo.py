@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
+from superjax import sae_study
+
 
 def test_demo_writes_report_with_figures_and_results(tmp_path):
     # As a user runs it: a fresh process on the machine's one CPU device (not the 4 simulated
@@ -25,9 +29,18 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
         assert abs(r["rho50"] - r["rho_weak"]) < 0.06
         assert f"{r['rho_weak']:.3f}" in text
     assert any(b["recoverable"] is False for b in results["bounds"])
-    gap = results["amortisation_gap"]["true_dictionary"]
+    gap = results["amortisation_gap"]
     assert "## 3. Sparse autoencoders and the amortisation gap" in text
-    assert f"{gap['lista']['latent_mcc']:.3f}" in text
+    assert f"{gap['true_dictionary']['lista']['latent_mcc']:.3f}" in text
+    assert set(gap["learned_dictionary"]) == set(sae_study.GAP_ARCHS)
+    assert set(gap["true_dictionary"]) == set(sae_study.GAP_ARCHS) - {"sparse-coding"}
+    for setting in ("true_dictionary", "learned_dictionary"):
+        for row in gap[setting].values():
+            # The per-sample optimum is certified, so no encoder can beat it.
+            assert row["optimum_certified_fraction"] == 1.0
+            assert row["objective_gap"] >= -1e-6
+            assert row["encoder_flops_per_sample"] > 0
+    assert gap["true_dictionary"]["relu"]["dict_recovery_rate"] == 1.0  # frozen true atoms
     rec = results["recovery"]
     assert "## 4. Query-access recovery" in text and len(rec) == 2
     for r in rec:
@@ -52,5 +65,11 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
         assert mcc[sel["lams"].index(sel["selected_lam"])] >= max(mcc) - 0.02, sel
     digits = net["digits"]
     assert digits["status"] == "ok" and digits["accuracy"] > 0.9
-    assert (out / "digits" / "top_inputs_sae.png").stat().st_size > 10_000
+    assert digits["fvu"] < 0.3 and digits["l0"] == digits["config"]["k"]
+    assert 0 <= digits["dead_fraction"] < 1
+    assert digits["intrusion_accuracy"] > digits["intrusion_chance"]
+    acts = np.load(out / "digits" / "activations.npy")
+    assert acts.shape[1] == digits["config"]["neurons"] and np.all(acts >= 0)
+    for name in ("feature_density.png", "top_inputs_sae.png", "top_inputs_neurons.png"):
+        assert (out / "digits" / name).stat().st_size > 10_000
     assert "![SAE latents](digits/top_inputs_sae.png)" in text

@@ -103,6 +103,7 @@ def test_a_classifier_that_does_not_learn_is_reported_not_scored(tmp_path):
     assert "linear_r2" not in rep and "sae_latent_mcc" not in rep
 
 
+@pytest.mark.slow  # the default suite checks the same on the demo's digits run (test_demo)
 def test_digits_network_sae_scores_and_panels(tmp_path):
     rep = network_study.real_network(
         network_study.RealNetworkConfig(samples=900, neurons=32, latents=64, k=4,

@@ -106,8 +106,9 @@ def _instance(d, n, seed=0, **kw):
 
 
 @pytest.mark.parametrize("method,budget", [
-    # The default suite runs a Fourier recovery of the same size through the demo (test_demo).
-    pytest.param("fourier", 80_000, marks=pytest.mark.slow), ("hessian", 120_000)])
+    # The default suite runs both recoveries at this size and budget through the demo (test_demo).
+    pytest.param("fourier", 80_000, marks=pytest.mark.slow),
+    pytest.param("hessian", 120_000, marks=pytest.mark.slow)])
 def test_methods_recover_an_overcomplete_target(method, budget):
     # n = 2d with mixed ReLU/tanh/sin/bump responses and noise 0.01·std f.
     target, orc = _instance(6, 12)

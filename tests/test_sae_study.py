@@ -8,6 +8,7 @@ import pytest
 from superjax import cli, metrics, sae_study
 
 
+@pytest.mark.slow  # the default suite checks the same structure on the demo's run (test_demo)
 def test_amortisation_gap_report_structure(tmp_path, capsys):
     out = tmp_path / "gap"
     argv = ["amortisation-gap", "--m", "8", "--n", "16", "--k", "3", "--steps", "150",
