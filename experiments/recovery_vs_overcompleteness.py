@@ -144,7 +144,10 @@ def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
            title="smallest tried budget with mean recovery ≥ 0.9\n"
                  "▽ the smallest tried (upper bound)   △ none reached it (lower bound)")
     ax.title.set_fontsize(9)
-    ax.legend(fontsize=7)
+    if ax.lines:
+        ax.legend(fontsize=7)
+    else:  # a grid without a budget sweep (one --budget-scales value)
+        ax.text(0.5, 0.5, "no budget sweep in this grid", transform=ax.transAxes, ha="center")
     fig.tight_layout()
     paths.append(_save(fig, out / "queries_to_90.png"))
     # 3. recovery vs noise, 4. recovery vs Δ (at n/d = at_ratio)
