@@ -352,10 +352,11 @@ def _compilation_cache() -> None:
     """Keeps compiled XLA programs between commands (JAX's persistent compilation cache).
 
     A repeated command at the same shapes then loads its programs instead of compiling them
-    (compilation is about half of the demo's time on a CPU). A directory already configured for JAX (e.g. by
-    ``JAX_COMPILATION_CACHE_DIR``) is left alone; otherwise ``SUPERJAX_CACHE_DIR`` names it,
-    by default ``$XDG_CACHE_HOME/superjax/xla`` (``~/.cache/...``), capped at 4 GiB (least
-    recently used programs go first). ``SUPERJAX_CACHE_DIR=`` (empty) turns it off.
+    (compilation is about half of the demo's time on a CPU). A directory already configured
+    for JAX (e.g. by ``JAX_COMPILATION_CACHE_DIR``) is left alone; otherwise
+    ``SUPERJAX_CACHE_DIR`` names it, by default ``$XDG_CACHE_HOME/superjax/xla``
+    (``~/.cache/...``), capped at 4 GiB (least recently used programs go first; JAX needs
+    ``filelock`` for the cap). ``SUPERJAX_CACHE_DIR=`` (empty) turns it off.
     """
     import jax
 

@@ -1,5 +1,6 @@
 """The command line: JSON output, result files, and one clear line (exit 2) for bad input."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -26,6 +27,8 @@ def test_commands_keep_compiled_programs_in_a_cache_directory(tmp_path, monkeypa
         cli._compilation_cache()  # nothing configured: the user's cache directory, capped
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "superjax" / "xla")
         assert jax.config.jax_compilation_cache_max_size == cli.CACHE_MAX_BYTES
+        # JAX enforces the cap with filelock; without it every cache access fails with a warning.
+        assert importlib.util.find_spec("filelock") is not None
         jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
         cli._compilation_cache()  # configured for JAX already (JAX_COMPILATION_CACHE_DIR): kept
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
