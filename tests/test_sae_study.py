@@ -8,22 +8,16 @@ import pytest
 from superjax import cli, metrics, sae_study
 
 
-@pytest.mark.slow  # the default suite checks the same structure on the demo's run (test_demo)
+@pytest.mark.slow  # the default suite runs the study in the demo (test_demo)
 def test_amortisation_gap_report_structure(tmp_path, capsys):
     out = tmp_path / "gap"
     argv = ["amortisation-gap", "--m", "8", "--n", "16", "--k", "3", "--steps", "150",
             "--quiet", "--out", str(out)]
     assert cli.main(argv) == 0
+    # The command's own output; the report's rows are checked on the demo's run (test_demo).
     rep = json.loads((out / "report.json").read_text())
     assert set(rep["learned_dictionary"]) == set(sae_study.GAP_ARCHS)
     assert set(rep["true_dictionary"]) == set(sae_study.GAP_ARCHS) - {"sparse-coding"}
-    for setting in ("true_dictionary", "learned_dictionary"):
-        for row in rep[setting].values():
-            # The per-sample optimum is certified, so no encoder can beat it.
-            assert row["optimum_certified_fraction"] == 1.0
-            assert row["objective_gap"] >= -1e-6
-            assert row["encoder_flops_per_sample"] > 0
-    assert rep["true_dictionary"]["relu"]["dict_recovery_rate"] == 1.0  # frozen true atoms
     assert "optimal_latent_mcc=" in capsys.readouterr().out
 
 
