@@ -14,11 +14,21 @@ def test_amortisation_gap_report_structure(tmp_path, capsys):
     argv = ["amortisation-gap", "--m", "8", "--n", "16", "--k", "3", "--steps", "150",
             "--quiet", "--out", str(out)]
     assert cli.main(argv) == 0
-    # The command's own output; the report's rows are checked on the demo's run (test_demo).
-    rep = json.loads((out / "report.json").read_text())
+    assert_gap_report(json.loads((out / "report.json").read_text()))
+    assert "optimal_latent_mcc=" in capsys.readouterr().out
+
+
+def assert_gap_report(rep: dict) -> None:
+    """The amortisation-gap report's structure (also checked on the demo's run, test_demo)."""
     assert set(rep["learned_dictionary"]) == set(sae_study.GAP_ARCHS)
     assert set(rep["true_dictionary"]) == set(sae_study.GAP_ARCHS) - {"sparse-coding"}
-    assert "optimal_latent_mcc=" in capsys.readouterr().out
+    for setting in ("true_dictionary", "learned_dictionary"):
+        for row in rep[setting].values():
+            # The per-sample optimum is certified, so no encoder can beat it.
+            assert row["optimum_certified_fraction"] == 1.0
+            assert row["objective_gap"] >= -1e-6
+            assert row["encoder_flops_per_sample"] > 0
+    assert rep["true_dictionary"]["relu"]["dict_recovery_rate"] == 1.0  # frozen true atoms
 
 
 @pytest.mark.slow
