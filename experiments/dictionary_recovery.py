@@ -11,7 +11,7 @@ latent MCC vs L0.
 
     python experiments/dictionary_recovery.py [--ms 8,16,32] [--ratios 1,2,4] [--ks 3,9]
         [--archs relu,topk,mlp,sparse-coding] [--lam mlp=0.3] [--steps 3000]
-        [--select-lams 0.1,0.2,0.3,0.5 --restarts 3]
+        [--select-lams 0.1,0.2,0.3,0.5 --restarts 3] [--select-ks 1,2,3,4,6,9,12,18]
         [--pareto-cell 16,32,3] [--collect] [--out runs/dictionary_recovery]
 
 --lam sets the L1 coefficient of the grid's runs: one value for every learner, or arch=value
@@ -22,6 +22,8 @@ directory (e.g. grid/m16_n64_k3/mlp_lam0.3), so several λ coexist under one --o
 SAEs with an L1 penalty (relu, mlp) train every λ from 3 initialisations in one run
 (grid/.../mlp_select), and the cell reports the seed-0 SAE at the λ whose restarts agree most
 (superjax.metrics.seed_agreement), next to the best λ in hindsight (by mean recovery).
+--select-ks does the same for TopK's k (the values up to N), all k of a cell in one run
+(grid/.../topk_select).
 
 Runs resume: a finished run's report.json is read back, not retrained; an interrupted one
 continues from its last checkpoint. --collect tabulates and plots the finished runs only.
@@ -69,16 +71,18 @@ def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path, collect: bool = False
 
 
 def _selected(rep: dict, seed: int) -> dict:
-    """A λ-selection run's row: the seed-``seed`` SAE at the selected λ, and the hindsight best."""
-    sel, sweep = rep["lam_selection"], rep["sweep"]
-    lam = sel["selected_lam"]
-    member = next(m for m in sweep if m["lam"] == lam and m["seed"] == seed)
-    mean_rec = {v: float(np.mean([m["dict_recovery_rate"] for m in sweep if m["lam"] == v]))
-                for v in sel["lams"]}
+    """A selection run's row: the seed-``seed`` SAE at the selected λ (or k), and the hindsight
+    best by mean recovery over the restarts."""
+    name = "k" if "k_selection" in rep else "lam"
+    sel, sweep = rep[f"{name}_selection"], rep["sweep"]
+    chosen = sel[f"selected_{name}"]
+    member = next(m for m in sweep if m[name] == chosen and m["seed"] == seed)
+    mean_rec = {v: float(np.mean([m["dict_recovery_rate"] for m in sweep if m[name] == v]))
+                for v in sel[f"{name}s"]}
     best = max(mean_rec, key=mean_rec.get)
-    return {**member, "seed_agreement": sel["seed_agreement"],
-            "lams_tried": sel["lams"], "best_lam_in_hindsight": best,
-            "recovery_at_best_lam": mean_rec[best], "recovery_at_selected_lam": mean_rec[lam]}
+    return {**member, "seed_agreement": sel["seed_agreement"], "tried": sel[f"{name}s"],
+            "selected": chosen, "best_in_hindsight": best, "recovery_at_best": mean_rec[best],
+            "recovery_at_selected": mean_rec[chosen]}
 
 
 def _heat_maps(rows: list[dict], archs: list[str], path: pathlib.Path) -> None:
@@ -135,7 +139,10 @@ def main(argv=None) -> None:
                    help="L1 coefficient: a value, or arch=value pairs (default 0.1)")
     p.add_argument("--select-lams", type=lambda t: tuple(float(v) for v in t.split(",") if v),
                    default=(), help="choose λ per cell by seed agreement among these (relu, mlp)")
-    p.add_argument("--restarts", type=int, default=3, help="initialisations per λ for the choice")
+    p.add_argument("--select-ks", type=_ints, default=[],
+                   help="choose TopK's k per cell by seed agreement among these (those <= N)")
+    p.add_argument("--restarts", type=int, default=3,
+                   help="initialisations per λ (k) for the choice")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--samples", type=int, default=1 << 14)
     p.add_argument("--pareto-cell", type=_ints, default=[16, 32, 3], help="M,N,K ('' to skip)")
@@ -157,8 +164,10 @@ def main(argv=None) -> None:
         b = bounds.recovery_bounds(m, n, k, False)
         for arch in archs:
             lam = args.lam.get(arch, args.lam.get("*", default_lam))
-            select = bool(args.select_lams) and arch in ("relu", "mlp")
-            extra = (dict(lams=args.select_lams, restarts=args.restarts) if select
+            ks = tuple(v for v in args.select_ks if v <= n) if arch == "topk" else ()
+            select = bool(args.select_lams) and arch in ("relu", "mlp") or bool(ks)
+            extra = (dict(sae_ks=ks, restarts=args.restarts) if ks else
+                     dict(lams=args.select_lams, restarts=args.restarts) if select
                      else dict(lam=lam))
             cfg = sae_study.TrainSAEConfig(m=m, n=n, k=k, arch=arch, steps=args.steps,
                                            samples=args.samples, seed=args.seed, **extra)
@@ -174,14 +183,15 @@ def main(argv=None) -> None:
                    "inside_margin": bool(k / m <= 0.8 * b.rho_weak),
                    **{key: rep[key] for key in ("dict_recovery_rate", "dict_mean_cos",
                                                  "latent_mcc", "fvu", "l0", "dead_fraction")},
-                   **{key: rep[key] for key in ("best_lam_in_hindsight", "recovery_at_best_lam",
-                                                 "recovery_at_selected_lam") if key in rep}}
+                   **{key: rep[key] for key in ("selected", "best_in_hindsight",
+                                                 "recovery_at_best", "recovery_at_selected")
+                      if key in rep}}
             rows.append(row)
             print(f"[{i + 1}/{len(cells)}] M={m:3d} N={n:4d} K={k} {arch:13s} "
                   f"recovered={row['dict_recovery_rate']:.3f} mcc={row['latent_mcc']:.3f} "
                   f"fvu={row['fvu']:.4f} l0={row['l0']:.2f} "
-                  + (f"λ={row['lam']:g} (best in hindsight {row['best_lam_in_hindsight']:g}) "
-                     if "best_lam_in_hindsight" in row else "") +
+                  + (f"{'k' if ks else 'λ'}={row['selected']:g} (best in hindsight "
+                     f"{row['best_in_hindsight']:g}) " if "selected" in row else "") +
                   f"{'inside' if row['inside_margin'] else 'outside'} 0.8ρ_W "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     pareto = []
@@ -224,12 +234,12 @@ def main(argv=None) -> None:
             ok = sum(r["dict_recovery_rate"] >= 0.95 for r in sel)
             print(f"{arch:13s}: ≥ 95 % of atoms recovered in {ok}/{len(sel)} cells inside "
                   "0.8·ρ_W(δ)")
-        chosen = [r for r in rows if r["arch"] == arch and "best_lam_in_hindsight" in r]
+        chosen = [r for r in rows if r["arch"] == arch and "selected" in r]
         if chosen:
-            as_good = sum(r["recovery_at_selected_lam"] >= r["recovery_at_best_lam"]
-                          for r in chosen)
-            loss = max(r["recovery_at_best_lam"] - r["recovery_at_selected_lam"] for r in chosen)
-            print(f"{arch:13s}: seed agreement chose a λ as good as the best in hindsight in "
+            as_good = sum(r["recovery_at_selected"] >= r["recovery_at_best"] for r in chosen)
+            loss = max(r["recovery_at_best"] - r["recovery_at_selected"] for r in chosen)
+            what = "k" if arch == "topk" else "λ"
+            print(f"{arch:13s}: seed agreement chose a {what} as good as the best in hindsight in "
                   f"{as_good}/{len(chosen)} cells; largest mean recovery lost to the choice "
                   f"{loss:.3f}")
     print(f"wrote {args.out}/results.json, grid.csv, heat_maps.png"

@@ -14,15 +14,19 @@ import sys
 import time
 
 
-def _float_list(text: str) -> tuple[float, ...]:
+def _float_list(text: str, kind=float, example: str = "0.1,0.25,0.5") -> tuple[float, ...]:
     try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers such as 0.1,0.25,0.5; got {text!r}") from None
+            f"expected comma-separated numbers such as {example}; got {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("expected at least one number")
     return values
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return _float_list(text, int, "2,4,8")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,10 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lams", type=_float_list, default=(),
                    help="comma-separated λ values: one SAE each, trained in one compiled step "
                         "(relu, jumprelu, mlp, lista); report.json then lists them under 'sweep'")
+    s.add_argument("--sae-ks", type=_int_list, default=(),
+                   help="comma-separated k values of topk/batchtopk: one SAE each, trained in one "
+                        "compiled step; report.json then lists them under 'sweep'")
     s.add_argument("--restarts", type=int, default=1,
-                   help="SAEs per λ from seeds SEED, SEED+1, ... (one compiled step); with 2 or "
-                        "more, report.json scores each λ by how well its restarts agree and "
-                        "selects the best (no ground truth needed)")
+                   help="SAEs per λ (or k) from seeds SEED, SEED+1, ... (one compiled step); with "
+                        "2 or more, report.json scores each λ (k) by how well its restarts agree "
+                        "and selects the best (no ground truth needed)")
     s.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     s.add_argument("--signed", action="store_true", help="signed codes (default non-negative)")
     s.add_argument("--auxk", type=int, default=0,
@@ -207,29 +214,33 @@ def _train_sae(args) -> None:
         known_dictionary=args.known_dictionary, samples=args.samples, steps=args.steps,
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
         seed=args.seed, activations=args.activations, k_aux=args.auxk,
-        topk_kernel=args.topk_kernel, lams=args.lams, restarts=args.restarts)
+        topk_kernel=args.topk_kernel, lams=args.lams, restarts=args.restarts,
+        sae_ks=args.sae_ks)
     mesh = train.data_mesh(args.devices)
     _writable(args.out)
     rep = sae_study.run(config, args.out, progress=not args.quiet, mesh=mesh)
     keys = ("latent_mcc", "latent_mcc_chance", "dict_recovery_rate", "dict_mean_cos",
             "random_dict_mean_cos", "fvu", "l0", "dead_fraction")
+    swept = config.swept
     for member in rep.get("sweep", [rep]):
         shown = [k for k in keys if k in member]  # an activation file has no ground truth
-        lam = f"lam={member['lam']:g} seed={member['seed']}  " if "sweep" in rep else ""
-        print(lam + "  ".join(f"{k}={member[k]:.4f}" for k in shown))
+        value = f"{swept}={member[swept]:g} seed={member['seed']}  " if "sweep" in rep else ""
+        print(value + "  ".join(f"{k}={member[k]:.4f}" for k in shown))
     _print_lam_selection(rep)
     print(f"wrote {args.out / 'report.json'}")
 
 
 def _print_lam_selection(rep: dict) -> None:
-    if "lam_selection" in rep:
-        sel = rep["lam_selection"]
-        print("seed agreement per λ: " + "  ".join(
-            f"{lam:g}: {a:.4f}" for lam, a in zip(sel["lams"], sel["seed_agreement"], strict=True))
-            + f"  -> selected λ = {sel['selected_lam']:g}")
+    for name, label in (("lam", "λ"), ("k", "k")):
+        if f"{name}_selection" not in rep:
+            continue
+        sel, values = rep[f"{name}_selection"], rep[f"{name}_selection"][f"{name}s"]
+        print(f"seed agreement per {label}: " + "  ".join(
+            f"{v:g}: {a:.4f}" for v, a in zip(values, sel["seed_agreement"], strict=True))
+            + f"  -> selected {label} = {sel[f'selected_{name}']:g}")
         if "latent_mcc" in sel:
-            print("latent MCC per λ (scored after the choice): " + "  ".join(
-                f"{lam:g}: {v:.4f}" for lam, v in zip(sel["lams"], sel["latent_mcc"], strict=True)))
+            print(f"latent MCC per {label} (scored after the choice): " + "  ".join(
+                f"{v:g}: {m:.4f}" for v, m in zip(values, sel["latent_mcc"], strict=True)))
 
 
 def _amortisation_gap(args) -> None:

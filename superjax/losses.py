@@ -102,13 +102,15 @@ def auxk_loss(
 
 
 def sae_loss(model: SparseAutoencoder, x: Float[Array, "b d"], lam: float = 0.0, *,
-             dead: Bool[Array, " n"] | None = None, k_aux: int = 0, aux_coef: float = 1 / 32
-             ) -> tuple[Array, LossAux]:
-    """The training loss of ``model`` on batch ``x`` (λ is ignored by TopK / BatchTopK).
+             dead: Bool[Array, " n"] | None = None, k_aux: int = 0, aux_coef: float = 1 / 32,
+             k: Array | None = None) -> tuple[Array, LossAux]:
+    """The training loss of ``model`` on batch ``x`` (λ is ignored by TopK / BatchTopK, whose
+    number of active latents ``k``, traced, may replace ``model.config.k``; see
+    :meth:`superjax.models.SparseAutoencoder.__call__`).
 
     With ``dead`` (a mask of dead latents) and ``k_aux`` > 0, adds ``aux_coef`` × AuxK loss.
     """
-    out = model(x)
+    out = model(x, k)
     kind = model.config.activation
     if kind == "relu":
         loss, aux = l1_sae_loss(x, out, model.W_dec[...], lam)

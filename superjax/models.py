@@ -178,17 +178,33 @@ def jumprelu(x: Array, threshold: Array, bandwidth: float) -> Array:
     return x * heaviside_ste(x, threshold, bandwidth)
 
 
-def topk_mask(pre: Float[Array, "b n"], k: int) -> Float[Array, "b n"]:
-    """1 for the k largest entries of each row (ties broken by index), else 0."""
+def _first(count: int, active: Array | None, dtype) -> Array | float:
+    """1 for the first ``active`` of ``count`` selected entries (all when ``active`` is None)."""
+    return 1.0 if active is None else (jnp.arange(count) < active).astype(dtype)
+
+
+def topk_mask(pre: Float[Array, "b n"], k: int, active: Array | None = None
+              ) -> Float[Array, "b n"]:
+    """1 for the k largest entries of each row (ties broken by index), else 0.
+
+    ``active`` (traced, ≤ k) keeps only the ``active`` largest: the same mask as
+    ``topk_mask(pre, active)`` with ``k`` as the static bound, so SAEs of different k share one
+    compiled step.
+    """
     _, idx = jax.lax.top_k(pre, k)
-    return jnp.zeros_like(pre).at[jnp.arange(pre.shape[0])[:, None], idx].set(1.0)
+    return jnp.zeros_like(pre).at[jnp.arange(pre.shape[0])[:, None], idx].set(
+        _first(k, active, pre.dtype))
 
 
-def batch_topk_mask(pre: Float[Array, "b n"], k: int) -> Float[Array, "b n"]:
-    """1 for the k·B largest entries of the whole batch (variable count per sample)."""
+def batch_topk_mask(pre: Float[Array, "b n"], k: int, active: Array | None = None
+                    ) -> Float[Array, "b n"]:
+    """1 for the k·B largest entries of the whole batch (variable count per sample); ``active``
+    as in :func:`topk_mask`."""
     flat = pre.reshape(-1)
     _, idx = jax.lax.top_k(flat, k * pre.shape[0])
-    return jnp.zeros_like(flat).at[idx].set(1.0).reshape(pre.shape)
+    on = None if active is None else active * pre.shape[0]
+    return jnp.zeros_like(flat).at[idx].set(_first(k * pre.shape[0], on, pre.dtype)
+                                            ).reshape(pre.shape)
 
 
 class SparseAutoencoder(nnx.Module):
@@ -224,8 +240,10 @@ class SparseAutoencoder(nnx.Module):
         """The learned dictionary A = W_decᵀ (atoms as columns), as in superjax.data."""
         return self.W_dec[...].T
 
-    def encode_pre(self, x: Float[Array, "b d_in"]) -> Float[Array, "b d_sae"]:
-        """Pre-activations; for LISTA the last unrolled step's (see SAEConfig.encoder)."""
+    def encode_pre(self, x: Float[Array, "b d_in"], k: Array | None = None
+                   ) -> Float[Array, "b d_sae"]:
+        """Pre-activations; for LISTA the last unrolled step's (see SAEConfig.encoder), whose
+        steps activate with ``k`` (see :meth:`__call__`)."""
         centred = add_bias(x, -self.b_dec[...])
         if self.config.encoder == "fista":
             from superjax import sparse_coding
@@ -245,18 +263,19 @@ class SparseAutoencoder(nnx.Module):
         if self.config.encoder == "lista":
             w_dec = self.W_dec[...]
             for t in range(self.config.lista_steps):
-                z = self.activate(pre)
+                z = self.activate(pre, k)
                 pre = add_bias(z + (centred - z @ w_dec) @ self.S[t], self.c[t])
         return pre
 
-    def activate(self, pre: Float[Array, "b d_sae"]) -> Float[Array, "b d_sae"]:
+    def activate(self, pre: Float[Array, "b d_sae"], k: Array | None = None
+                 ) -> Float[Array, "b d_sae"]:
         cfg = self.config
         if cfg.activation == "relu":
             return jax.nn.relu(pre)
         if cfg.activation == "topk":
-            return jax.nn.relu(pre) * topk_mask(pre, cfg.k)
+            return jax.nn.relu(pre) * topk_mask(pre, cfg.k, k)
         if cfg.activation == "batchtopk":
-            return jax.nn.relu(pre) * batch_topk_mask(pre, cfg.k)
+            return jax.nn.relu(pre) * batch_topk_mask(pre, cfg.k, k)
         threshold = broadcast_rows(self.threshold[...].astype(jnp.float32), pre.shape[0])
         return jumprelu(pre.astype(jnp.float32), threshold, cfg.jumprelu_bandwidth
                         ).astype(pre.dtype)
@@ -264,17 +283,23 @@ class SparseAutoencoder(nnx.Module):
     def decode(self, codes: Float[Array, "b d_sae"]) -> Float[Array, "b d_in"]:
         return add_bias(codes @ self.W_dec[...], self.b_dec[...])
 
-    def __call__(self, x: Float[Array, "b d_in"]) -> SAEOutput:
+    def __call__(self, x: Float[Array, "b d_in"], k: Array | None = None) -> SAEOutput:
+        """Reconstruction, codes and pre-activations of ``x``.
+
+        ``k``: for TopK and BatchTopK, the number of active latents as a traced integer
+        ≤ ``config.k`` (the static bound); the function equals that of a model with
+        ``config.k = k``, so a k sweep is one compiled, vmapped step. None: ``config.k``.
+        """
         if x.ndim != 2 or x.shape[-1] != self.config.d_in:
             raise ValueError(f"SAE input must have shape (batch, {self.config.d_in}), "
                              f"got {tuple(x.shape)}")
-        pre = self.encode_pre(x)
+        pre = self.encode_pre(x, k)
         if self.config.gather_kernel:
-            return self._topk_gather(x, pre)
-        codes = self.activate(pre)
+            return self._topk_gather(x, pre, k)
+        codes = self.activate(pre, k)
         return SAEOutput(self.decode(codes), codes, pre)
 
-    def _topk_gather(self, x, pre) -> SAEOutput:
+    def _topk_gather(self, x, pre, k: Array | None = None) -> SAEOutput:
         """TopK on k gathered latents (SAEConfig.topk_kernel "gather").
 
         ``pre`` only selects (no gradient); the k chosen pre-activations are recomputed from the
@@ -285,7 +310,7 @@ class SparseAutoencoder(nnx.Module):
         _, idx = jax.lax.top_k(jax.lax.stop_gradient(pre), self.config.k)     # (b, k)
         bias = self.b_enc[...] - b_dec @ w_enc
         pre_k = jnp.einsum("bd,bkd->bk", x, jnp.take(w_enc.T, idx, axis=0)) + bias[idx]
-        z_k = jax.nn.relu(pre_k)
+        z_k = jax.nn.relu(pre_k) * _first(self.config.k, k, pre_k.dtype)
         recon = jnp.einsum("bk,bkd->bd", z_k, jnp.take(w_dec, idx, axis=0)) + b_dec
         codes = jnp.zeros_like(pre).at[jnp.arange(x.shape[0])[:, None], idx].set(z_k)
         return SAEOutput(recon, codes, pre)

@@ -41,7 +41,7 @@ class IdentifiabilityConfig:
       lam: L1 coefficient of the ReLU SAE (on inputs scaled to mean norm √M).
       lams, restarts: when ``lams`` is given, the ReLU SAE's λ is chosen among them without the
         truth: each λ is trained from ``restarts`` initialisations (one compiled run) and the λ
-        whose restarts agree most is kept (:func:`superjax.sae_study.select_lam`). The report
+        whose restarts agree most is kept (:func:`superjax.sae_study.select_by_agreement`). The report
         then scores every λ against the true latents, to show how good the blind choice was.
       classes, sharpness: the world's label process (see :class:`superjax.world.WorldConfig`).
       seed: world, data, classifier and SAEs.
@@ -117,7 +117,7 @@ def _train_saes(y_train, *, latents: int, k: int, lam: float, steps: int, seed: 
             batch_size=min(1024, y_train.shape[0]), progress=progress, **grid)
         if choose:
             sweep = saes[arch]
-            selection = sae_study.select_lam(lams, restarts, [m.dictionary for m in sweep])
+            selection = sae_study.select_by_agreement(lams, restarts, [m.dictionary for m in sweep])
             saes[arch] = sweep[lams.index(selection["selected_lam"]) * restarts]
     return saes, sweep, selection
 

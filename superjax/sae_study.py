@@ -22,6 +22,7 @@ from superjax import _checks, data, metrics, models, report, train
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mlp", "lista", "sparse-coding")
 SWEEP_ARCHS = ("relu", "jumprelu", "mlp", "lista")  # λ is an argument of their train step
+K_ARCHS = ("topk", "batchtopk")  # k is (their sweeps vary k instead)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,9 +51,10 @@ class TrainSAEConfig:
         which "auto" picks there.
       lams: a λ sweep: one SAE per value (replacing ``lam``), trained in one compiled step on the
         same batches (:func:`superjax.train.fit`); for relu, jumprelu, mlp and lista.
-      restarts: SAEs per λ, from initialisation seeds seed, seed + 1, ... (same data and
-        batches). With two or more, the report scores each λ by the restarts' agreement
-        (:func:`superjax.metrics.seed_agreement`) and selects the λ where they agree most, a
+      sae_ks: a k sweep for topk and batchtopk, the same way (replacing ``sae_k``).
+      restarts: SAEs per λ (or k), from initialisation seeds seed, seed + 1, ... (same data and
+        batches). With two or more, the report scores each λ (k) by the restarts' agreement
+        (:func:`superjax.metrics.seed_agreement`) and selects the one where they agree most, a
         choice that needs no ground truth.
     """
 
@@ -76,6 +78,7 @@ class TrainSAEConfig:
     topk_kernel: str = "auto"
     lams: tuple[float, ...] = ()
     restarts: int = 1
+    sae_ks: tuple[int, ...] = ()
 
     def __post_init__(self):
         data.DataConfig(m=self.m, n=self.n, k=self.k)  # validates m, n, k
@@ -100,7 +103,14 @@ class TrainSAEConfig:
         if self.lams and self.arch not in SWEEP_ARCHS:
             raise ValueError(f"--lams sweeps the L1/L0 coefficient of {', '.join(SWEEP_ARCHS)}; "
                              f"{self.arch!r} has none that one compiled step can vary (TopK: "
-                             f"--sae-k; sparse coding: --lam per run)")
+                             f"--sae-ks; sparse coding: --lam per run)")
+        object.__setattr__(self, "sae_ks", tuple(_checks.positive_int("sae_ks", v, maximum=width)
+                                                 for v in self.sae_ks))
+        if self.sae_ks and self.arch not in K_ARCHS:
+            raise ValueError(f"--sae-ks sweeps the k of {' and '.join(K_ARCHS)}, not "
+                             f"{self.arch!r} (λ: --lams)")
+        if self.sae_ks and self.sae_k is not None:
+            raise ValueError("give one k (--sae-k) or a sweep of them (--sae-ks), not both")
         _checks.positive_int("restarts", self.restarts)
         if self.restarts > 1 and self.arch == "sparse-coding":
             raise ValueError("--restarts trains SAEs side by side in one compiled step; "
@@ -118,23 +128,32 @@ class TrainSAEConfig:
                                  f"{self.arch!r}")
 
     @property
+    def swept(self) -> str:
+        """What a sweep of this run varies: "k" for TopK and BatchTopK, else "lam"."""
+        return "k" if self.arch in K_ARCHS else "lam"
+
+    @property
     def members(self) -> list[tuple[float, int]] | None:
-        """(λ, initialisation seed) of every SAE of a sweep, λ-major; None for a single SAE."""
-        if not self.lams and self.restarts == 1:
+        """(λ or k, initialisation seed) of every SAE of a sweep, value-major (:attr:`swept`);
+        None for a single SAE."""
+        if not (self.lams or self.sae_ks) and self.restarts == 1:
             return None
-        return [(lam, self.seed + r) for lam in self.lams or (self.lam,)
-                for r in range(self.restarts)]
+        values = (self.sae_ks or (self.sae.k,)) if self.swept == "k" else self.lams or (self.lam,)
+        return [(v, self.seed + r) for v in values for r in range(self.restarts)]
 
     def fit_sweep(self) -> dict[str, Any]:
-        """The ``lams`` and ``seeds`` arguments of :func:`superjax.train.fit` for this run."""
+        """The ``lams`` (or ``ks``) and ``seeds`` arguments of :func:`superjax.train.fit`."""
         if self.members is None:
             return {}
-        return {"lams": [lam for lam, _ in self.members], "seeds": [s for _, s in self.members]}
+        return {self.swept + "s": [v for v, _ in self.members],
+                "seeds": [s for _, s in self.members]}
 
     @property
     def sae(self) -> models.SAEConfig:
         width = self.latents if self.latents is not None else self.n
-        k = self.sae_k if self.sae_k is not None else min(self.k, width)
+        # A k sweep trains under the largest k, the static bound of every member's selection.
+        k = (max(self.sae_ks) if self.sae_ks else self.sae_k if self.sae_k is not None
+             else min(self.k, width))
         # "mlp" and "lista" are encoders; their latents are ReLU codes trained with L1.
         # "sparse-coding" codes minimise the same objective per sample: the SAE loss is
         # 2·(½‖x − x̂‖² + (λ/2)‖z‖₁) for unit atoms, so FISTA runs at λ/2.
@@ -173,72 +192,80 @@ def _rows_at(rows, order_key, step, *, batch_size: int):
 
 def fit_rows(sae: models.SAEConfig, rows, fit_config: train.FitConfig,
              out: pathlib.Path | None = None, *, seed: int, order_key, batch_size: int,
-             init_decoder=None, progress: bool = True, mesh=None, lams=None, seeds=None):
+             init_decoder=None, progress: bool = True, mesh=None, lams=None, seeds=None,
+             ks=None):
     """Trains an SAE on an in-memory array; the batch of step s is drawn from fold_in(key, s).
-    ``mesh``, ``lams``, ``seeds``: see :func:`superjax.train.fit`. Returns (model, FitResult), or
-    (a list with one model per SAE, FitResult) for a sweep."""
+    ``mesh``, ``lams``, ``seeds``, ``ks``: see :func:`superjax.train.fit`. Returns (model,
+    FitResult), or (a list with one model per SAE, FitResult) for a sweep."""
     batches_at = functools.partial(_rows_at, jnp.asarray(rows), order_key, batch_size=batch_size)
     result = train.fit(sae, batches_at, fit_config, out, seed=seed, init_decoder=init_decoder,
-                       progress=progress, mesh=mesh, lams=lams, seeds=seeds)
-    size = None if lams is None and seeds is None else len(lams if lams is not None else seeds)
-    trained = unstack(sae, result.params, size)
-    return (trained if size is not None else trained[0]), result
+                       progress=progress, mesh=mesh, lams=lams, seeds=seeds, ks=ks)
+    trained = unstack(sae, result.params, result.sweep)
+    return (trained if result.sweep is not None else trained[0]), result
 
 
-def unstack(sae: models.SAEConfig, params, count: int | None = None
+def unstack(sae: models.SAEConfig, params, sweep: dict[str, list] | None = None
             ) -> list[models.SparseAutoencoder]:
-    """Models from trained parameters: one, or ``count`` from a sweep's stacked parameters."""
-    graphdef, _ = nnx.split(models.SparseAutoencoder(sae, rngs=nnx.Rngs(0)))
-    if count is None:
+    """Models from trained parameters: one, or one per SAE of a sweep's stacked parameters
+    (``sweep``: :attr:`superjax.train.FitResult.sweep`), each with its own k."""
+    if sweep is None:
+        graphdef, _ = nnx.split(models.SparseAutoencoder(sae, rngs=nnx.Rngs(0)))
         return [nnx.merge(graphdef, params)]
-    return [nnx.merge(graphdef, jax.tree.map(lambda x, i=i: x[i], params)) for i in range(count)]
+    ks = sweep.get("ks", [sae.k] * len(sweep["seeds"]))
+    return [unstack(dataclasses.replace(sae, k=k), jax.tree.map(lambda x, i=i: x[i], params))[0]
+            for i, k in enumerate(ks)]
 
 
 def _member(config: TrainSAEConfig, result: train.FitResult, i: int) -> dict[str, Any]:
-    """λ, seed and final training loss of SAE ``i`` (of a sweep, or the only one)."""
+    """λ (or k), seed and final training loss of SAE ``i`` (of a sweep, or the only one)."""
     last = result.history[-1]["loss"] if result.history else None
     if not config.members:
         return {"lam": config.lam, "seed": config.seed, "final_train_loss": last}
-    lam, seed = config.members[i]
-    return {"lam": lam, "seed": seed, "final_train_loss": None if last is None else last[i]}
+    value, seed = config.members[i]
+    return {config.swept: value, "seed": seed,
+            "final_train_loss": None if last is None else last[i]}
 
 
 def _export(model: models.SparseAutoencoder, config: TrainSAEConfig, out: pathlib.Path,
             member: dict[str, Any], source: str) -> None:
-    """The SAELens folder of one SAE: DIR/saelens/, or DIR/saelens/lam{λ}[_seed{s}]/ for each
-    SAE of a sweep, its cfg.json carrying the run's settings with this SAE's λ and seed."""
+    """The SAELens folder of one SAE: DIR/saelens/, or DIR/saelens/lam{λ}[_seed{s}]/ (TopK:
+    k{k}[_seed{s}]/) for each SAE of a sweep, its cfg.json carrying the run's settings with this
+    SAE's λ (k) and seed."""
     from superjax import export
 
-    folder = out / "saelens"
+    folder, name = out / "saelens", config.swept
     if config.members:
         restart = f"_seed{member['seed']}" if config.restarts > 1 else ""
-        folder = folder / f"lam{member['lam']:g}{restart}"
+        folder = folder / f"{name}{member[name]:g}{restart}"
+    own = {"lam": member["lam"]} if "lam" in member else {"sae_k": member["k"], "sae_ks": ()}
     export.export_saelens(model, folder, source=source,
-                          **{**dataclasses.asdict(config), "lam": member["lam"],
-                             "seed": member["seed"]})
+                          **{**dataclasses.asdict(config), **own, "seed": member["seed"]})
 
 
-def select_lam(lams, restarts: int, dictionaries) -> dict[str, Any]:
-    """Per λ, the agreement of its ``restarts`` dictionaries (λ-major order, as
-    :attr:`TrainSAEConfig.members`; :func:`superjax.metrics.seed_agreement`), and the λ where it
-    is highest. No ground truth is used."""
+def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam"
+                        ) -> dict[str, Any]:
+    """Per value of a sweep (λ, or ``name`` "k"), the agreement of its ``restarts`` dictionaries
+    (value-major order, as :attr:`TrainSAEConfig.members`; :func:`superjax.metrics.seed_agreement`),
+    and the value where it is highest. No ground truth is used."""
     r = restarts
     agreement = [float(metrics.seed_agreement(dictionaries[i * r:(i + 1) * r]))
-                 for i in range(len(lams))]
-    best = max(range(len(lams)), key=lambda i: agreement[i])
-    return {"rule": "the λ whose restarts agree most (Hungarian-matched mean |cos| between their "
-                    "dictionaries)",
-            "restarts": r, "lams": list(lams), "seed_agreement": agreement,
-            "selected_lam": lams[best]}
+                 for i in range(len(values))]
+    best = max(range(len(values)), key=lambda i: agreement[i])
+    label = "λ" if name == "lam" else name
+    return {"rule": f"the {label} whose restarts agree most (Hungarian-matched mean |cos| between "
+                    "their dictionaries)",
+            "restarts": r, f"{name}s": list(values), "seed_agreement": agreement,
+            f"selected_{name}": values[best]}
 
 
-def lam_selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder]
-                  ) -> dict[str, Any]:
-    """:func:`select_lam` over a run's restarts; {} with fewer than two."""
+def selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder]) -> dict[str, Any]:
+    """{"lam_selection" (or "k_selection"): :func:`select_by_agreement` over a run's restarts};
+    {} with fewer than two."""
     if config.restarts < 2:
         return {}
-    return {"lam_selection": select_lam(config.lams or (config.lam,), config.restarts,
-                                        [m.dictionary for m in trained])}
+    values = list(dict.fromkeys(v for v, _ in config.members))
+    return {f"{config.swept}_selection": select_by_agreement(
+        values, config.restarts, [m.dictionary for m in trained], config.swept)}
 
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True, mesh=None
@@ -261,7 +288,7 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
         if model.config.encoder == "linear" and config.arch != "batchtopk":
             _export(model, config, out, member, "superjax train-sae")
         members.append({**member, **evaluate(model, truth, test, k_eval)})
-    return _write_report(config, out, members, result, start, **lam_selection(config, trained))
+    return _write_report(config, out, members, result, start, **selection(config, trained))
 
 
 def _write_report(config: TrainSAEConfig, out: pathlib.Path, members: list[dict[str, Any]],
@@ -315,8 +342,7 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
                        progress=progress, mesh=mesh, **config.fit_sweep())
     held = jnp.asarray(np.asarray(arr[rows:], np.float32))
     members = []
-    trained = unstack(config.sae, result.params,
-                      len(config.members) if config.members else None)
+    trained = unstack(config.sae, result.params, result.sweep)
     for i, model in enumerate(trained):
         member = _member(config, result, i)
         activations.fold_scale(model, batches.scale)
@@ -327,7 +353,7 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
                         "l0": float(metrics.l0(codes.codes)),
                         "dead_fraction": float(metrics.dead_fraction(codes.codes))})
     return _write_report(config, out, members, result, start, input_scale=batches.scale,
-                         train_rows=rows, test_rows=test, **lam_selection(config, trained))
+                         train_rows=rows, test_rows=test, **selection(config, trained))
 
 
 GAP_ARCHS = ("relu", "topk", "mlp", "lista", "sparse-coding")

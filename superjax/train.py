@@ -126,30 +126,45 @@ def _initial_model(sae: models.SAEConfig, seed: int, init_decoder: Array | None
     return model
 
 
-def _sweep(lams: Any, seeds: Any, seed: int) -> tuple[list[float], list[int]] | None:
-    """(λ per SAE, seed per SAE) of a sweep, one given list broadcast to the other's length."""
-    if lams is None and seeds is None:
+def _sweep(lams: Any, seeds: Any, ks: Any, seed: int, sae: models.SAEConfig
+           ) -> dict[str, list] | None:
+    """λ, seed and k of every SAE of a sweep ({"lams", "seeds"[, "ks"]}; λ None: the config's),
+    the given lists broadcast to one length (a single value is shared by all)."""
+    if lams is None and seeds is None and ks is None:
         return None
-    lams = [None] if lams is None else [_checks.real_number("lams", v, minimum=0.0) for v in lams]
-    seeds = [seed] if seeds is None else [_checks.positive_int("seeds", v, minimum=0)
-                                          for v in seeds]
-    size = max(len(lams), len(seeds))
-    if not lams or not seeds or {len(lams), len(seeds)} - {1, size}:
-        raise ValueError(f"lams and seeds must be non-empty and of one length (or one of them a "
-                         f"single value), got {len(lams)} λ and {len(seeds)} seeds")
-    return lams * (size // len(lams)), seeds * (size // len(seeds))
+    if ks is not None and sae.activation not in ("topk", "batchtopk"):
+        raise ValueError(f"ks sweeps the k of TopK and BatchTopK SAEs, not {sae.activation!r}")
+    cols = {"lams": [None] if lams is None else [_checks.real_number("lams", v, minimum=0.0)
+                                                 for v in lams],
+            "seeds": [seed] if seeds is None else [_checks.positive_int("seeds", v, minimum=0)
+                                                   for v in seeds],
+            "ks": [None] if ks is None else [_checks.positive_int("ks", v) for v in ks]}
+    if ks is not None and max(cols["ks"], default=0) > sae.k:
+        raise ValueError(f"ks must be <= the SAE's k = {sae.k}, the static bound of every "
+                         f"member's selection (build its SAEConfig with the largest k); "
+                         f"got {max(cols['ks'])}")
+    size = max(len(v) for v in cols.values())
+    if any(len(v) not in (1, size) for v in cols.values()):
+        given = {"λ": lams, "seeds": seeds, "k values": ks}
+        raise ValueError("lams, seeds and ks must be non-empty and of one length (or one of them "
+                         "a single value), got " + " and ".join(
+                             f"{len(v)} {name}" for name, v in given.items() if v is not None))
+    if ks is None:
+        del cols["ks"]
+    return {name: v * (size // len(v)) for name, v in cols.items()}
 
 
 def make_train_step(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation, axis_name: str | None = None,
     train_decoder: bool = True, k_aux: int = 0, aux_coef: float = 1 / 32,
 ):
-    """Returns the pure train step ``step(state, batch, lam) -> (state, metrics)``.
+    """Returns the pure train step ``step(state, batch, lam, dead, k) -> (state, metrics)``.
 
-    ``lam`` is the sparsity coefficient (L1 for ReLU, L0 for JumpReLU; unused by TopK variants).
-    It is an argument, not a constant, so a sweep is one compiled step:
-    ``jax.vmap(step, in_axes=(0, None, 0))`` trains a stack of SAEs (different seeds and λ) on
-    one shared batch.
+    ``lam`` is the sparsity coefficient (L1 for ReLU, L0 for JumpReLU; unused by TopK variants),
+    ``k`` the number of active latents of TopK variants (None: the model's ``config.k``, which
+    bounds it). Both are arguments, not constants, so a sweep is one compiled step:
+    ``jax.vmap(step, in_axes=(0, None, 0, 0, 0))`` trains a stack of SAEs (different seeds, λ
+    or k) on one shared batch. ``dead``: the dead-latent mask for AuxK, or None.
 
     Args:
       graphdef: from :func:`init_state`.
@@ -161,14 +176,15 @@ def make_train_step(
         given a ``dead`` latent mask and k_aux > 0.
     """
 
-    def loss_fn(params, batch, lam, dead):
+    def loss_fn(params, batch, lam, dead, k):
         return losses.sae_loss(nnx.merge(graphdef, params), batch, lam, dead=dead, k_aux=k_aux,
-                               aux_coef=aux_coef)
+                               aux_coef=aux_coef, k=k)
 
     def step(state: TrainState, batch: Float[Array, "b d"], lam: float | Array = 0.0,
-             dead: Array | None = None) -> tuple[TrainState, dict[str, Any]]:
+             dead: Array | None = None, k: Array | None = None
+             ) -> tuple[TrainState, dict[str, Any]]:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, lam,
-                                                                       dead)
+                                                                       dead, k)
         if axis_name is not None:
             grads, loss, aux = jax.lax.pmean((grads, loss, aux), axis_name)
         w_dec = state.params["W_dec"]
@@ -229,12 +245,14 @@ class FitConfig:
 
 
 class FitResult(NamedTuple):
-    """``params`` live on this process's first device (one copy of the replicated weights)."""
+    """``params`` live on this process's first device (one copy of the replicated weights).
+    ``sweep``: a sweep's λ, seed (and k) per SAE, in the order of the stacked ``params``."""
 
     params: dict[str, Array]
     history: list[dict[str, float]]
     resumed_from: int | None
     seconds: float
+    sweep: dict[str, list] | None = None
 
 
 def _record(metrics: dict[str, Any], stacked: bool) -> dict[str, float | list[float]]:
@@ -255,6 +273,7 @@ def fit(
     mesh: jax.sharding.Mesh | None = None,
     lams: Any = None,
     seeds: Any = None,
+    ks: Any = None,
 ) -> FitResult:
     """Trains an SAE; with ``out``, writes metrics.jsonl and checkpoints and resumes from them.
 
@@ -271,11 +290,12 @@ def fit(
     progress, and orbax coordinates the checkpoints. A run resumed on the same mesh finishes
     exactly as an uninterrupted one; on another device count, within float rounding.
 
-    ``lams`` and/or ``seeds`` train a sweep of SAEs in one compiled step (vmapped over the
-    stacked states, every SAE on the same batch): one SAE per λ (replacing ``config.lam``) and per
-    initialisation seed (replacing ``seed``); a single value is shared by all. Then every metric
-    in the history is a list with one value per SAE, and ``params`` are stacked along a leading
-    axis in that order.
+    ``lams``, ``seeds`` and/or ``ks`` train a sweep of SAEs in one compiled step (vmapped over
+    the stacked states, every SAE on the same batch): one SAE per λ (replacing ``config.lam``),
+    per initialisation seed (replacing ``seed``) and, for TopK and BatchTopK, per number of
+    active latents (each ≤ ``sae.k``, the static bound); a single value is shared by all. Then
+    every metric in the history is a list with one value per SAE, and ``params`` are stacked
+    along a leading axis in that order.
 
     Raises:
       FloatingPointError: the loss became NaN/Inf (the message names the step; no checkpoint is
@@ -289,16 +309,17 @@ def fit(
 
     tx = optimizer(config.learning_rate, warmup_steps=config.warmup_steps,
                    total_steps=config.steps, clip_norm=config.clip_norm or None)
-    sweep = _sweep(lams, seeds, seed)
+    sweep = _sweep(lams, seeds, ks, seed, sae)
     record = {**dataclasses.asdict(sae), **dataclasses.asdict(config), "seed": seed}
     if sweep is None:
         graphdef, state = init_state(_initial_model(sae, seed, init_decoder), tx)
-        lam, shape = config.lam, (sae.d_sae,)
+        lam, k, shape = config.lam, None, (sae.d_sae,)
     else:
-        graphdef, state = init_stack(sae, tx, sweep[1], init_decoder)
-        sweep = ([config.lam if v is None else v for v in sweep[0]], sweep[1])
-        lam, shape = jnp.asarray(sweep[0], jnp.float32), (len(sweep[0]), sae.d_sae)
-        record["sweep"] = {"lams": sweep[0], "seeds": sweep[1]}
+        graphdef, state = init_stack(sae, tx, sweep["seeds"], init_decoder)
+        sweep["lams"] = [config.lam if v is None else v for v in sweep["lams"]]
+        lam, shape = jnp.asarray(sweep["lams"], jnp.float32), (len(sweep["lams"]), sae.d_sae)
+        k = jnp.asarray(sweep["ks"], jnp.int32) if "ks" in sweep else None
+        record["sweep"] = sweep
     mesh = data_mesh() if mesh is None else mesh
     replicated, by_rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     plain = _plain(mesh)
@@ -317,13 +338,13 @@ def fit(
     train_step = make_train_step(graphdef, tx, train_decoder=config.train_decoder,
                                  k_aux=config.k_aux, aux_coef=config.aux_coef)
     if sweep is not None:  # every SAE of the stack on the one batch
-        train_step = jax.vmap(train_step, in_axes=(0, None, 0, 0))
+        train_step = jax.vmap(train_step, in_axes=(0, None, 0, 0, 0))
 
     @functools.partial(jax.jit, donate_argnums=0,
                        out_shardings=None if plain else replicated)
     def step(loop, batch):
         dead = loop["since_fired"] >= config.dead_window if config.k_aux else None
-        new_state, metrics = train_step(loop["train"], batch, lam, dead)
+        new_state, metrics = train_step(loop["train"], batch, lam, dead, k)
         since = jnp.where(metrics["density"] > 0, 0, loop["since_fired"] + batch.shape[0])
         metrics["dead_fraction"] = jnp.mean(since >= config.dead_window, axis=-1)
         return {"train": new_state, "since_fired": since}, metrics
@@ -360,7 +381,7 @@ def fit(
     params = loop["train"].params
     if not plain:
         params = jax.tree.map(lambda x: x.addressable_data(0), params)
-    return FitResult(params, history, resumed, time.perf_counter() - began)
+    return FitResult(params, history, resumed, time.perf_counter() - began, sweep)
 
 
 def _rows_on(batch, sharding: NamedSharding, d_in: int, plain: bool) -> Array:
@@ -379,12 +400,13 @@ def _rows_on(batch, sharding: NamedSharding, d_in: int, plain: bool) -> Array:
     return _on_mesh(batch, sharding)
 
 
-def _check_finite(step: int, loss, sweep: tuple[list, list] | None = None) -> None:
+def _check_finite(step: int, loss, sweep: dict[str, list] | None = None) -> None:
     values = np.atleast_1d(np.asarray(loss, np.float64))
     if not np.isfinite(values).all():
         i = int(np.argmin(np.isfinite(values)))
-        which = "" if sweep is None else (f" of SAE {i} of the sweep (λ = {sweep[0][i]}, seed "
-                                          f"{sweep[1][i]})")
+        labels = {"lams": "λ", "seeds": "seed", "ks": "k"}
+        which = "" if sweep is None else (f" of SAE {i} of the sweep (" + ", ".join(
+            f"{labels[name]} = {v[i]}" for name, v in sweep.items()) + ")")
         raise FloatingPointError(f"training diverged: the loss{which} is {values[i]} at step "
                                  f"{step}; lower the learning rate or check the data for NaN/Inf")
 

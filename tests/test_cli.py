@@ -70,6 +70,8 @@ def test_bad_values_exit_2_with_one_line(argv, match, capsys):
     ["bounds", "--m", "x", "--n", "4", "--k", "1"],
     ["bounds", "--n", "4", "--k", "1"],
     ["phase-transition", "--deltas", "0.1,abc", "--out", "x"],
+    ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--sae-ks", "2.5",
+     "--out", "x"],
     ["unknown-command"],
 ])
 def test_malformed_arguments_exit_2(argv, capsys):
@@ -129,25 +131,36 @@ def test_train_sae_writes_config_metrics_checkpoints_and_report(tmp_path, capsys
     assert "another configuration" in capsys.readouterr().err
 
 
-def test_train_sae_lambda_sweep_is_one_run_scored_per_lambda(tmp_path, capsys):
+@pytest.mark.parametrize(("sweep_args", "name", "values", "one_args"), [
+    (["--lams", "0.01,0.3"], "lam", (0.01, 0.3), ["--lam", "0.3"]),
+    (["--arch", "topk", "--sae-ks", "2,5"], "k", (2, 5), ["--arch", "topk", "--sae-k", "5"]),
+])
+def test_train_sae_sweep_is_one_run_scored_per_value(sweep_args, name, values, one_args,
+                                                     tmp_path, capsys):
+    """A λ sweep (L1 SAE) or k sweep (TopK) with restarts: one run, each SAE scored and exported
+    as its own, and the seed-agreement choice computed from the exported weights."""
     common = ["train-sae", "--m", "8", "--n", "16", "--k", "3", "--steps", "100", "--samples",
               "2048", "--batch-size", "256", "--quiet"]
-    argv = [*common, "--lams", "0.01,0.3", "--restarts", "2", "--out", str(tmp_path / "sweep")]
+    argv = [*common, *sweep_args, "--restarts", "2", "--out", str(tmp_path / "sweep")]
     assert cli.main(argv) == 0
-    assert capsys.readouterr().out.count("lam=") == 4
+    assert capsys.readouterr().out.count(f"{name}=") == 4
     rep = json.loads((tmp_path / "sweep" / "report.json").read_text())
     sweep = rep["sweep"]
-    assert [(m["lam"], m["seed"]) for m in sweep] == [(0.01, 0), (0.01, 1), (0.3, 0), (0.3, 1)]
-    assert sweep[0]["l0"] > sweep[2]["l0"]  # a larger L1 penalty gives sparser codes
-    # Seed agreement per λ, recomputed from the exported SAELens weights of the two restarts.
-    sel = rep["lam_selection"]
-    for lam, agreement in zip(("0.01", "0.3"), sel["seed_agreement"], strict=True):
-        w_dec = [load_file(str(tmp_path / "sweep" / "saelens" / f"lam{lam}_seed{s}" /
-                               "sae_weights.safetensors"))["W_dec"] for s in (0, 1)]
+    assert [(m[name], m["seed"]) for m in sweep] == [(v, s) for v in values for s in (0, 1)]
+    # A larger L1 penalty gives sparser codes; TopK has at most k active latents.
+    assert sweep[0]["l0"] > sweep[2]["l0"] if name == "lam" else all(
+        m["l0"] <= m["k"] for m in sweep) and sweep[0]["l0"] < sweep[2]["l0"]
+    # Seed agreement per value, recomputed from the exported SAELens weights of the two restarts.
+    sel = rep[f"{name}_selection"]
+    for value, agreement in zip(values, sel["seed_agreement"], strict=True):
+        folders = [tmp_path / "sweep" / "saelens" / f"{name}{value:g}_seed{s}" for s in (0, 1)]
+        w_dec = [load_file(str(f / "sae_weights.safetensors"))["W_dec"] for f in folders]
         assert float(metrics.seed_agreement([w.T for w in w_dec])) == pytest.approx(
             agreement, abs=1e-5)
-    assert sel["selected_lam"] == sel["lams"][int(np.argmax(sel["seed_agreement"]))]
-    assert cli.main([*common, "--lam", "0.3", "--out", str(tmp_path / "one")]) == 0
+        if name == "k":
+            assert json.loads((folders[0] / "cfg.json").read_text())["k"] == value
+    assert sel[f"selected_{name}"] == values[int(np.argmax(sel["seed_agreement"]))]
+    assert cli.main([*common, *one_args, "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     for key in ("latent_mcc", "dict_mean_cos", "fvu", "l0", "final_train_loss"):
         assert sweep[2][key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
@@ -167,6 +180,12 @@ def test_train_sae_lambda_sweep_is_one_run_scored_per_lambda(tmp_path, capsys):
     (["train-sae", "--m", "8", "--n", "16", "--k", "17", "--out", "x"], "k must be <= n"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--sae-k", "40",
       "--out", "x"], "sae_k must be"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--sae-ks", "2,3", "--out", "x"],
+     "--sae-ks sweeps the k of topk and batchtopk"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--sae-ks", "2,3",
+      "--sae-k", "3", "--out", "x"], "not both"),
+    (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--sae-ks", "2,40",
+      "--out", "x"], "sae_ks must be"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--known-dictionary", "--latents", "32",
       "--out", "x"], "needs latents = n"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--topk-kernel", "gather", "--out", "x"],

@@ -173,6 +173,29 @@ def test_a_sweep_trains_each_sae_as_its_own_run_and_resumes_exactly(tmp_path):
                   seeds=seeds)
 
 
+def test_a_k_sweep_trains_each_topk_sae_as_its_own_run():
+    """TopK SAEs of different k in one compiled step: each is the run at its own k, and the
+    result says which k each stacked SAE has."""
+    bound = dataclasses.replace(SAE, activation="topk", k=5, topk_kernel="dense")
+    ks, seeds = [2, 5], [0, 1]
+    sweep = train.fit(bound, batches, CFG, progress=False, ks=ks, seeds=seeds)
+    assert sweep.sweep == {"lams": [CFG.lam] * 2, "seeds": seeds, "ks": ks}
+    for i, (k, seed) in enumerate(zip(ks, seeds, strict=True)):
+        one = train.fit(dataclasses.replace(bound, k=k), batches, CFG, seed=seed, progress=False)
+        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], sweep.params), one.params,
+                                    atol=1e-5)
+        assert sweep.history[-1]["l0"][i] == pytest.approx(one.history[-1]["l0"], rel=1e-4)
+        assert k - 1 < one.history[-1]["l0"] <= k
+    trained = sae_study.unstack(bound, sweep.params, sweep.sweep)
+    assert [m.config.k for m in trained] == ks
+    with pytest.raises(ValueError, match="ks sweeps the k of TopK"):
+        train.fit(SAE, batches, CFG, progress=False, ks=[2, 3])
+    with pytest.raises(ValueError, match="ks must be <= the SAE's k = 5"):
+        train.fit(bound, batches, CFG, progress=False, ks=[2, 6])
+    with pytest.raises(ValueError, match="2 seeds and 3 k values"):
+        train.fit(bound, batches, CFG, progress=False, ks=[1, 2, 3], seeds=[0, 1])
+
+
 def test_sweep_input_errors_and_a_diverging_member_is_named():
     with pytest.raises(ValueError, match="3 λ and 2 seeds"):
         train.fit(SAE, batches, CFG, progress=False, lams=[1e-3, 1e-2, 3e-2], seeds=[0, 1])

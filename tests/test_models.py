@@ -250,6 +250,34 @@ def test_gather_topk_kernel_equals_dense_in_value_and_gradient(k_aux):
     assert float(jnp.abs(g_dense.W_enc[...]).max()) > 0
 
 
+@pytest.mark.parametrize("activation,kernel", [("topk", "dense"), ("topk", "gather"),
+                                               ("batchtopk", "dense")])
+def test_a_traced_k_is_the_model_with_that_k(activation, kernel):
+    """k as a traced argument under a larger static bound (one compiled step for a k sweep) is
+    the same function, with the same gradients, as the model built with that k."""
+    bound = _model(activation, d_in=8, d_sae=24, k=7, seed=2, kernel=kernel)
+    bound.b_enc[...] = 0.05 * jnp.cos(jnp.arange(24.0))
+    x, (graphdef, params) = _x(batch=48), nnx.split(bound)
+
+    @jax.jit
+    def loss_and_grad(params, k):
+        return (jax.value_and_grad(lambda p: losses.sae_loss(nnx.merge(graphdef, p), x, k=k)[0])(
+            params), nnx.merge(graphdef, params)(x, k).codes)
+
+    for k in (1, 3, 7):
+        own = nnx.merge(nnx.split(_model(activation, d_in=8, d_sae=24, k=k, kernel=kernel))[0],
+                        params)
+        (value, grad), codes = loss_and_grad(params, jnp.int32(k))
+        want_value, want_grad = nnx.value_and_grad(
+            lambda m: losses.sae_loss(m, x)[0])(own)  # noqa: B023
+        chex.assert_trees_all_close(codes, own(x).codes, atol=1e-6)
+        chex.assert_trees_all_close(value, want_value, rtol=1e-6)
+        chex.assert_trees_all_close(grad, nnx.state(want_grad), atol=1e-6, rtol=1e-5)
+        per_sample = jnp.sum(codes != 0, axis=1)
+        assert float(jnp.mean(per_sample)) <= k and (activation == "batchtopk"
+                                                     or int(per_sample.max()) <= k)
+
+
 def test_auto_topk_kernel_is_gather_on_cpu_for_one_layer_topk_only():
     on_cpu = jax.default_backend() == "cpu"
     assert _model("topk", kernel="auto").config.gather_kernel == on_cpu

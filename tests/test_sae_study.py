@@ -84,13 +84,13 @@ def test_seed_agreement_selects_the_lambda_that_recovers_the_dictionary(tmp_path
     assert recovered[0.3] >= 0.9 and recovered[0.3] > recovered[0.03] + 0.5
 
 
-def test_select_lam_picks_the_lambda_whose_restarts_agree():
+def test_select_by_agreement_picks_the_lambda_whose_restarts_agree():
     # Three λ, two restarts each (λ-major). The second λ's restarts found the same atoms up to
     # order, sign and scale; the others found unrelated ones.
     key = jax.random.key(0)
     a, b, c, d, e = (jax.random.normal(k, (8, 12)) for k in jax.random.split(key, 5))
     same = -3.0 * c[:, ::-1]
-    sel = sae_study.select_lam((0.1, 0.3, 1.0), 2, [a, b, c, same, d, e])
+    sel = sae_study.select_by_agreement((0.1, 0.3, 1.0), 2, [a, b, c, same, d, e])
     assert sel["selected_lam"] == 0.3 and sel["restarts"] == 2
     assert sel["seed_agreement"][1] == pytest.approx(1.0, abs=1e-6)
     assert sel["seed_agreement"][0] == pytest.approx(
