@@ -41,8 +41,9 @@ class IdentifiabilityConfig:
       lam: L1 coefficient of the ReLU SAE (on inputs scaled to mean norm √M).
       lams, restarts: when ``lams`` is given, the ReLU SAE's λ is chosen among them without the
         truth: each λ is trained from ``restarts`` initialisations (one compiled run) and the λ
-        whose restarts agree most is kept (:func:`superjax.sae_study.select_by_agreement`). The report
-        then scores every λ against the true latents, to show how good the blind choice was.
+        whose restarts agree most is kept (:func:`superjax.sae_study.select_by_agreement`). The
+        report then scores every λ against the true latents, to show how good the blind choice
+        was.
       classes, sharpness: the world's label process (see :class:`superjax.world.WorldConfig`).
       seed: world, data, classifier and SAEs.
     """
