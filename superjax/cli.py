@@ -235,9 +235,13 @@ def _print_lam_selection(rep: dict) -> None:
         if f"{name}_selection" not in rep:
             continue
         sel, values = rep[f"{name}_selection"], rep[f"{name}_selection"][f"{name}s"]
-        print(f"seed agreement per {label}: " + "  ".join(
-            f"{v:g}: {a:.4f}" for v, a in zip(values, sel["seed_agreement"], strict=True))
-            + f"  -> selected {label} = {sel[f'selected_{name}']:g}")
+        lines = [("seed agreement", "seed_agreement"),
+                 ("agreement × (1 − FVU)", "score")][:1 + ("score" in sel)]
+        for i, (title, key) in enumerate(lines, 1):
+            print(f"{title} per {label}: " + "  ".join(
+                f"{v:g}: {a:.4f}" for v, a in zip(values, sel[key], strict=True))
+                + (f"  -> selected {label} = {sel[f'selected_{name}']:g}" if i == len(lines)
+                   else ""))
         if "latent_mcc" in sel:
             print(f"latent MCC per {label} (scored after the choice): " + "  ".join(
                 f"{v:g}: {m:.4f}" for v, m in zip(values, sel["latent_mcc"], strict=True)))

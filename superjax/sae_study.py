@@ -242,30 +242,45 @@ def _export(model: models.SparseAutoencoder, config: TrainSAEConfig, out: pathli
                           **{**dataclasses.asdict(config), **own, "seed": member["seed"]})
 
 
-def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam"
-                        ) -> dict[str, Any]:
+def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
+                        fvu: list[float] | None = None) -> dict[str, Any]:
     """Per value of a sweep (λ, or ``name`` "k"), the agreement of its ``restarts`` dictionaries
     (value-major order, as :attr:`TrainSAEConfig.members`; :func:`superjax.metrics.seed_agreement`),
-    and the value where it is highest. No ground truth is used."""
+    and the value where it is highest. No ground truth is used.
+
+    With ``fvu`` (each SAE's held-out fraction of variance unexplained, same order) the score is
+    agreement × (1 − mean FVU of the restarts): the variance explained by a reproducible
+    dictionary. TopK's k needs it: its restarts agree most at k = 1, where TopK is a vector
+    quantiser whose cluster-centre atoms are stable but leave K − 1 of K components per sample
+    unexplained (README, dictionary recovery).
+    """
     r = restarts
     agreement = [float(metrics.seed_agreement(dictionaries[i * r:(i + 1) * r]))
                  for i in range(len(values))]
-    best = max(range(len(values)), key=lambda i: agreement[i])
     label = "λ" if name == "lam" else name
-    return {"rule": f"the {label} whose restarts agree most (Hungarian-matched mean |cos| between "
-                    "their dictionaries)",
-            "restarts": r, f"{name}s": list(values), "seed_agreement": agreement,
-            f"selected_{name}": values[best]}
+    rule = (f"the {label} whose restarts agree most (Hungarian-matched mean |cos| between their "
+            "dictionaries)")
+    out = {"restarts": r, f"{name}s": list(values), "seed_agreement": agreement}
+    score = agreement
+    if fvu is not None:
+        explained = [1.0 - float(np.mean(fvu[i * r:(i + 1) * r])) for i in range(len(values))]
+        score = [a * e for a, e in zip(agreement, explained, strict=True)]
+        rule += ", weighted by the variance they explain: agreement × (1 − FVU)"
+        out.update(explained_variance=explained, score=score)
+    best = max(range(len(values)), key=lambda i: score[i])
+    return {"rule": rule, **out, f"selected_{name}": values[best]}
 
 
-def selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder]) -> dict[str, Any]:
-    """{"lam_selection" (or "k_selection"): :func:`select_by_agreement` over a run's restarts};
-    {} with fewer than two."""
+def selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder],
+              members: list[dict[str, Any]]) -> dict[str, Any]:
+    """{"lam_selection" (or "k_selection"): :func:`select_by_agreement` over a run's restarts,
+    with the members' held-out FVU for k}; {} with fewer than two restarts."""
     if config.restarts < 2:
         return {}
     values = list(dict.fromkeys(v for v, _ in config.members))
+    fvu = [m["fvu"] for m in members] if config.swept == "k" else None
     return {f"{config.swept}_selection": select_by_agreement(
-        values, config.restarts, [m.dictionary for m in trained], config.swept)}
+        values, config.restarts, [m.dictionary for m in trained], config.swept, fvu)}
 
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True, mesh=None
@@ -288,7 +303,8 @@ def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = Tru
         if model.config.encoder == "linear" and config.arch != "batchtopk":
             _export(model, config, out, member, "superjax train-sae")
         members.append({**member, **evaluate(model, truth, test, k_eval)})
-    return _write_report(config, out, members, result, start, **selection(config, trained))
+    return _write_report(config, out, members, result, start,
+                         **selection(config, trained, members))
 
 
 def _write_report(config: TrainSAEConfig, out: pathlib.Path, members: list[dict[str, Any]],
@@ -353,7 +369,7 @@ def run_activations(config: TrainSAEConfig, out: pathlib.Path, *, progress: bool
                         "l0": float(metrics.l0(codes.codes)),
                         "dead_fraction": float(metrics.dead_fraction(codes.codes))})
     return _write_report(config, out, members, result, start, input_scale=batches.scale,
-                         train_rows=rows, test_rows=test, **selection(config, trained))
+                         train_rows=rows, test_rows=test, **selection(config, trained, members))
 
 
 GAP_ARCHS = ("relu", "topk", "mlp", "lista", "sparse-coding")

@@ -95,3 +95,19 @@ def test_select_by_agreement_picks_the_lambda_whose_restarts_agree():
     assert sel["seed_agreement"][1] == pytest.approx(1.0, abs=1e-6)
     assert sel["seed_agreement"][0] == pytest.approx(
         float(metrics.seed_agreement([a, b])), abs=1e-7) and sel["seed_agreement"][0] < 0.8
+
+
+def test_k_selection_weights_agreement_by_the_variance_explained():
+    # k = 1's restarts agree perfectly but explain half the variance; k = 3's agree at 0.9 and
+    # explain it all (FVU 0.02 and 0.04): the score agreement × (1 − mean FVU) picks k = 3.
+    key = jax.random.key(1)
+    c = jax.random.normal(key, (8, 12))
+    near = c + 0.05 * jax.random.normal(jax.random.fold_in(key, 1), c.shape)
+    sel = sae_study.select_by_agreement((1, 3), 2, [c, c[:, ::-1], c, near], name="k",
+                                        fvu=[0.5, 0.5, 0.02, 0.04])
+    agree = float(metrics.seed_agreement([c, near]))
+    assert sel["seed_agreement"] == pytest.approx([1.0, agree], abs=1e-6) and agree < 1
+    assert sel["explained_variance"] == pytest.approx([0.5, 0.97])
+    assert sel["score"] == pytest.approx([0.5, 0.97 * agree], abs=1e-6)
+    assert sel["selected_k"] == 3 and sel["ks"] == [1, 3]
+    assert sae_study.select_by_agreement((1, 3), 2, [c, c, c, near], name="k")["selected_k"] == 1
