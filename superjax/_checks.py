@@ -8,17 +8,30 @@ validation happens at the Python boundary, before the jit boundary.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 
 def is_concrete(x: Any) -> bool:
     """True when ``x`` holds values (not a tracer inside jit/vmap/grad)."""
     return not isinstance(x, jax.core.Tracer)
+
+
+def violates(x: Any, ok: Callable[[Array], Array]) -> bool:
+    """True when ``x`` holds values and ``ok(x)`` is False somewhere; a tracer is not checked.
+
+    Evaluated eagerly even inside a trace (``jax.ensure_compile_time_eval``), where ``ok`` on a
+    closed-over constant would otherwise give a tracer that cannot become a bool.
+    """
+    if not is_concrete(x):
+        return False
+    with jax.ensure_compile_time_eval():
+        return not bool(jnp.all(ok(x)))
 
 
 def positive_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:
@@ -102,8 +115,8 @@ def float_array(
         raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(arr.shape)}")
     if any(s == 0 for s in arr.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(arr.shape)}")
-    if finite and is_concrete(arr) and not bool(jnp.all(jnp.isfinite(arr))):
-        bad = int(jnp.size(arr) - jnp.sum(jnp.isfinite(arr)))
+    if finite and violates(arr, jnp.isfinite):
+        bad = int(np.size(arr) - np.sum(np.isfinite(np.asarray(arr))))
         raise ValueError(f"{name} contains {bad} NaN or Inf value(s); clean the data first")
     return arr
 

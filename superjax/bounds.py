@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.stats import norm
 from jaxtyping import Array, Float, PRNGKeyArray
 
@@ -39,9 +40,10 @@ _GOLDEN_STEPS = 60
 def _unit_interval(name: str, x) -> Array:
     """x as a float array; concrete values must lie in (0, 1]."""
     x = _checks.float_array(name, x, ndims=range(8))
-    if _checks.is_concrete(x) and not bool(jnp.all((x > 0) & (x <= 1))):
+    if _checks.violates(x, lambda v: (v > 0) & (v <= 1)):
+        host = np.asarray(x)
         raise ValueError(f"{name} must lie in (0, 1] (a ratio of sizes), got values in "
-                         f"[{float(jnp.min(x)):g}, {float(jnp.max(x)):g}]")
+                         f"[{host.min():g}, {host.max():g}]")
     return x
 
 

@@ -112,7 +112,7 @@ def _check_lam(lam, batch_shape):
     if lam.shape != batch_shape:
         raise ValueError(f"lam must be a scalar or have the batch shape {batch_shape}, "
                          f"got shape {lam.shape}")
-    if _checks.is_concrete(lam) and not bool(jnp.all(jnp.isfinite(lam) & (lam >= 0))):
+    if _checks.violates(lam, lambda v: jnp.isfinite(v) & (v >= 0)):
         raise ValueError("lam must be finite and >= 0 for every sample")
     return lam
 

@@ -103,6 +103,13 @@ def test_batch_at_is_reproducible_per_step_and_jits():
     # vmap over steps gives the same batches as one call per step.
     many = jax.vmap(lambda s: data.batch_at(key, s, a, cfg, 32))(jnp.arange(3, 5))
     chex.assert_trees_all_close(many.z[0], first.z)
+    # A jitted loop that closes over the dictionary (its value checks run on the constant).
+    looped = jax.jit(lambda: jax.lax.fori_loop(
+        3, 5, lambda s, acc: acc + data.batch_at(key, s, a, cfg, 32).z, jnp.zeros((32, 16))))()
+    chex.assert_trees_all_close(looped, first.z + other.z, atol=1e-6)
+    bad = a.at[0, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="1 NaN or Inf"):
+        jax.jit(lambda: data.batch_at(key, 0, bad, cfg, 32))()
 
 
 @pytest.mark.parametrize(("kwargs", "err", "match"), [

@@ -134,15 +134,19 @@ def test_auxk_revives_dead_latents():
         model.W_enc[...] = model.W_enc[...] * jnp.where(jnp.arange(32) >= 8, 0.01, 1.0)
         tx = train.optimizer(3e-3, total_steps=600)
         graphdef, state = train.init_state(model, tx)
-        step = jax.jit(train.make_train_step(graphdef, tx, k_aux=k_aux))
-        since = jnp.zeros(32, jnp.int32)
-        for s in range(600):
+        step = train.make_train_step(graphdef, tx, k_aux=k_aux)
+
+        def body(s, carry):
+            state, since, _ = carry
             state, m = step(state, data.batch_at(jax.random.key(1), s, a, cfg, 256).y, 0.0,
                             since >= 512)
-            since = jnp.where(m["density"] > 0, 0, since + 256)
+            return state, jnp.where(m["density"] > 0, 0, since + 256), m["fvu"]
+
+        state, _, fvu = jax.jit(lambda st: jax.lax.fori_loop(
+            0, 600, body, (st, jnp.zeros(32, jnp.int32), jnp.zeros(()))))(state)
         test = data.sample_batch(jax.random.key(2), a, cfg, 4096).y
         codes = nnx.merge(graphdef, state.params)(test).codes
-        return float(jnp.mean(~jnp.any(codes > 0, axis=0))), float(m["fvu"])
+        return float(jnp.mean(~jnp.any(codes > 0, axis=0))), float(fvu)
 
     dead_off, fvu_off = run(0)
     dead_on, fvu_on = run(8)
