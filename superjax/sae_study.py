@@ -22,7 +22,7 @@ from superjax import _checks, data, metrics, models, report, train
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mlp", "lista", "sparse-coding")
 SWEEP_ARCHS = ("relu", "jumprelu", "mlp", "lista")  # λ is an argument of their train step
-K_ARCHS = ("topk", "batchtopk")  # k is (their sweeps vary k instead)
+K_ARCHS = ("topk", "batchtopk")  # their sweeps vary k, not λ
 
 
 @dataclasses.dataclass(frozen=True)
