@@ -15,6 +15,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ and "PYTEST_XDIST_WORKER" not i
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="superjax-xla-cache-")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 os.environ.setdefault("XLA_FLAGS", "")
+if "PYTEST_XDIST_WORKER" in os.environ and hasattr(os, "sched_setaffinity"):
+    # Each xdist worker (and the processes it starts) gets its own share of the CPUs. XLA sizes
+    # its thread pool by the CPUs a process may use, so two workers no longer run two pools on
+    # the same cores, whose spinning threads slowed both.
+    cpus = sorted(os.sched_getaffinity(0))
+    share = cpus[int(os.environ["PYTEST_XDIST_WORKER"][2:])::
+                 int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))]
+    if share:
+        os.sched_setaffinity(0, share)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
