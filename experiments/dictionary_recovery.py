@@ -77,6 +77,7 @@ def _selected(rep: dict, seed: int) -> dict:
     sel, sweep = rep[f"{name}_selection"], rep["sweep"]
     chosen = sel[f"selected_{name}"]
     member = next(m for m in sweep if m[name] == chosen and m["seed"] == seed)
+
     def mean(key):
         return {v: float(np.mean([m[key] for m in sweep if m[name] == v]))
                 for v in sel[f"{name}s"]}
@@ -170,7 +171,7 @@ def main(argv=None) -> None:
         for arch in archs:
             lam = args.lam.get(arch, args.lam.get("*", default_lam))
             ks = tuple(v for v in args.select_ks if v <= n) if arch == "topk" else ()
-            select = bool(args.select_lams) and arch in ("relu", "mlp") or bool(ks)
+            select = bool(ks) or (bool(args.select_lams) and arch in ("relu", "mlp"))
             extra = (dict(sae_ks=ks, restarts=args.restarts) if ks else
                      dict(lams=args.select_lams, restarts=args.restarts) if select
                      else dict(lam=lam))

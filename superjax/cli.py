@@ -226,25 +226,27 @@ def _train_sae(args) -> None:
         shown = [k for k in keys if k in member]  # an activation file has no ground truth
         value = f"{swept}={member[swept]:g} seed={member['seed']}  " if "sweep" in rep else ""
         print(value + "  ".join(f"{k}={member[k]:.4f}" for k in shown))
-    _print_lam_selection(rep)
+    _print_selection(rep)
     print(f"wrote {args.out / 'report.json'}")
 
 
-def _print_lam_selection(rep: dict) -> None:
+def _print_selection(rep: dict) -> None:
+    """The λ (or k) choice of a sweep with restarts: each value's scores, and the one chosen."""
     for name, label in (("lam", "λ"), ("k", "k")):
-        if f"{name}_selection" not in rep:
+        sel = rep.get(f"{name}_selection")
+        if sel is None:
             continue
-        sel, values = rep[f"{name}_selection"], rep[f"{name}_selection"][f"{name}s"]
-        lines = [("seed agreement", "seed_agreement"),
-                 ("agreement × (1 − FVU)", "score")][:1 + ("score" in sel)]
-        for i, (title, key) in enumerate(lines, 1):
-            print(f"{title} per {label}: " + "  ".join(
-                f"{v:g}: {a:.4f}" for v, a in zip(values, sel[key], strict=True))
-                + (f"  -> selected {label} = {sel[f'selected_{name}']:g}" if i == len(lines)
-                   else ""))
+        rows = [("seed agreement per {}", "seed_agreement")]
+        if "score" in sel:  # agreement weighted by the variance explained (k)
+            rows.append(("agreement × (1 − FVU) per {}", "score"))
+        chosen = f"  -> selected {label} = {sel[f'selected_{name}']:g}"
+        decides = rows[-1][1]
         if "latent_mcc" in sel:
-            print(f"latent MCC per {label} (scored after the choice): " + "  ".join(
-                f"{v:g}: {m:.4f}" for v, m in zip(values, sel["latent_mcc"], strict=True)))
+            rows.append(("latent MCC per {} (scored after the choice)", "latent_mcc"))
+        for title, key in rows:
+            print(title.format(label) + ": " + "  ".join(
+                f"{v:g}: {a:.4f}" for v, a in zip(sel[f"{name}s"], sel[key], strict=True))
+                + (chosen if key == decides else ""))
 
 
 def _amortisation_gap(args) -> None:
@@ -300,7 +302,7 @@ def _identifiability(args) -> None:
         lams=args.lams, restarts=args.restarts, seed=args.seed)
     _writable(args.out)
     rep = network_study.identifiability(config, args.out, progress=not args.quiet)
-    _print_lam_selection(rep)
+    _print_selection(rep)
     _print_report(rep, ("accuracy", "bayes_accuracy", "linear_r2", "linear_r2_ceiling",
                         "additivity_cos", "null_additivity_cos", "neuron_latent_mcc",
                         "sae_latent_mcc", "sae_latent_mcc_chance", "intrusion_accuracy",

@@ -30,6 +30,7 @@ from jaxtyping import Array, Float
 from superjax import _checks
 
 ACTIVATIONS = ("relu", "topk", "batchtopk", "jumprelu")
+K_ACTIVATIONS = ("topk", "batchtopk")  # a number k of active latents, not a penalty λ
 ENCODERS = ("linear", "mlp", "lista", "fista")
 TOPK_KERNELS = ("auto", "dense", "gather")
 
@@ -85,7 +86,7 @@ class SAEConfig:
         _checks.positive_int("d_in", self.d_in)
         _checks.positive_int("d_sae", self.d_sae)
         _checks.one_of("activation", self.activation, ACTIVATIONS)
-        if self.activation in ("topk", "batchtopk"):
+        if self.activation in K_ACTIVATIONS:
             _checks.positive_int("k", self.k, maximum=self.d_sae)
         _checks.real_number("jumprelu_init_threshold", self.jumprelu_init_threshold, minimum=0.0)
         _checks.real_number("jumprelu_bandwidth", self.jumprelu_bandwidth, minimum=0.0,

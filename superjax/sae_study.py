@@ -22,7 +22,6 @@ from superjax import _checks, data, metrics, models, report, train
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mlp", "lista", "sparse-coding")
 SWEEP_ARCHS = ("relu", "jumprelu", "mlp", "lista")  # λ is an argument of their train step
-K_ARCHS = ("topk", "batchtopk")  # their sweeps vary k, not λ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +105,8 @@ class TrainSAEConfig:
                              f"--sae-ks; sparse coding: --lam per run)")
         object.__setattr__(self, "sae_ks", tuple(_checks.positive_int("sae_ks", v, maximum=width)
                                                  for v in self.sae_ks))
-        if self.sae_ks and self.arch not in K_ARCHS:
-            raise ValueError(f"--sae-ks sweeps the k of {' and '.join(K_ARCHS)}, not "
+        if self.sae_ks and self.arch not in models.K_ACTIVATIONS:
+            raise ValueError(f"--sae-ks sweeps the k of {' and '.join(models.K_ACTIVATIONS)}, not "
                              f"{self.arch!r} (λ: --lams)")
         if self.sae_ks and self.sae_k is not None:
             raise ValueError("give one k (--sae-k) or a sweep of them (--sae-ks), not both")
@@ -130,7 +129,7 @@ class TrainSAEConfig:
     @property
     def swept(self) -> str:
         """What a sweep of this run varies: "k" for TopK and BatchTopK, else "lam"."""
-        return "k" if self.arch in K_ARCHS else "lam"
+        return "k" if self.arch in models.K_ACTIVATIONS else "lam"
 
     @property
     def members(self) -> list[tuple[float, int]] | None:
@@ -161,7 +160,7 @@ class TrainSAEConfig:
                                                                                 "linear")
         activation = "relu" if encoder != "linear" else self.arch
         return models.SAEConfig(d_in=self.m, d_sae=width, activation=activation,
-                                k=k if activation in ("topk", "batchtopk") else 0,
+                                k=k if activation in models.K_ACTIVATIONS else 0,
                                 encoder=encoder, fista_lam=self.lam / 2,
                                 topk_kernel=self.topk_kernel)
 

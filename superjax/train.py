@@ -132,7 +132,7 @@ def _sweep(lams: Any, seeds: Any, ks: Any, seed: int, sae: models.SAEConfig
     the given lists broadcast to one length (a single value is shared by all)."""
     if lams is None and seeds is None and ks is None:
         return None
-    if ks is not None and sae.activation not in ("topk", "batchtopk"):
+    if ks is not None and sae.activation not in models.K_ACTIVATIONS:
         raise ValueError(f"ks sweeps the k of TopK and BatchTopK SAEs, not {sae.activation!r}")
     cols = {"lams": [None] if lams is None else [_checks.real_number("lams", v, minimum=0.0)
                                                  for v in lams],
