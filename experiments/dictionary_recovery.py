@@ -22,8 +22,9 @@ directory (e.g. grid/m16_n64_k3/mlp_lam0.3), so several λ coexist under one --o
 SAEs with an L1 penalty (relu, mlp) train every λ from 3 initialisations in one run
 (grid/.../mlp_select), and the cell reports the seed-0 SAE at the λ whose restarts agree most
 (superjax.metrics.seed_agreement), next to the best λ in hindsight (by mean recovery).
---select-ks does the same for TopK's k (the values up to N), all k of a cell in one run
-(grid/.../topk_select).
+--select-ks does the same for the k of TopK and BatchTopK (the values up to N), all k of a cell
+in one run (grid/.../topk_select), scored by agreement × explained variance
+(superjax.sae_study.select_by_agreement).
 
 Runs resume: a finished run's report.json is read back, not retrained; an interrupted one
 continues from its last checkpoint. --collect tabulates and plots the finished runs only.
@@ -40,7 +41,7 @@ import time
 
 import numpy as np
 
-from superjax import bounds, report, sae_study
+from superjax import bounds, models, report, sae_study
 
 LAMS = (0.03, 0.1, 0.3)
 
@@ -100,7 +101,8 @@ def _heat_maps(rows: list[dict], archs: list[str], path: pathlib.Path) -> None:
     rho_w = np.asarray(bounds.rho_weak(grid, False))
     for ax, arch in zip(axes[0], archs, strict=True):
         cells = [r for r in rows if r["arch"] == arch]
-        lam = f" (λ = {cells[0]['lam']:g})" if cells and arch != "topk" else ""
+        has_lam = cells and arch not in models.K_ACTIVATIONS
+        lam = f" (λ = {cells[0]['lam']:g})" if has_lam else ""
         sc = ax.scatter([r["delta"] for r in cells], [r["rho"] for r in cells],
                         c=[r["dict_recovery_rate"] for r in cells], cmap="viridis", vmin=0,
                         vmax=1, s=260, marker="s", edgecolors="k")
@@ -170,7 +172,7 @@ def main(argv=None) -> None:
         b = bounds.recovery_bounds(m, n, k, False)
         for arch in archs:
             lam = args.lam.get(arch, args.lam.get("*", default_lam))
-            ks = tuple(v for v in args.select_ks if v <= n) if arch == "topk" else ()
+            ks = tuple(v for v in args.select_ks if v <= n) if arch in models.K_ACTIVATIONS else ()
             select = bool(ks) or (bool(args.select_lams) and arch in ("relu", "mlp"))
             extra = (dict(sae_ks=ks, restarts=args.restarts) if ks else
                      dict(lams=args.select_lams, restarts=args.restarts) if select
@@ -245,10 +247,10 @@ def main(argv=None) -> None:
         if chosen:
             as_good = sum(r["recovery_at_selected"] >= r["recovery_at_best"] for r in chosen)
             loss = max(r["recovery_at_best"] - r["recovery_at_selected"] for r in chosen)
-            what = "k" if arch == "topk" else "λ"
-            print(f"{arch:13s}: seed agreement chose a {what} as good as the best in hindsight in "
-                  f"{as_good}/{len(chosen)} cells; largest mean recovery lost to the choice "
-                  f"{loss:.3f}")
+            what = "k" if arch in models.K_ACTIVATIONS else "λ"
+            print(f"{arch:13s}: the selection rule chose a {what} as good as the best in "
+                  f"hindsight in {as_good}/{len(chosen)} cells; largest mean recovery lost to "
+                  f"the choice {loss:.3f}")
             loss = max(r["mcc_at_best"] - r["mcc_at_selected"] for r in chosen)
             print(f"{arch:13s}: by latent MCC, as good in "
                   f"{sum(r['mcc_at_selected'] >= r['mcc_at_best'] for r in chosen)}/{len(chosen)} "
