@@ -23,7 +23,7 @@ SAEs with an L1 penalty (relu, mlp) train every λ from 3 initialisations in one
 (grid/.../mlp_select), and the cell reports the seed-0 SAE at the λ whose restarts agree most
 (superjax.metrics.seed_agreement), next to the best λ in hindsight (by mean recovery).
 --select-ks does the same for the k of TopK and BatchTopK (the values up to N), all k of a cell
-in one run (grid/.../topk_select), scored by agreement × explained variance
+in one run (grid/.../topk_select, batchtopk_select), scored by agreement × explained variance
 (superjax.sae_study.select_by_agreement).
 
 Runs resume: a finished run's report.json is read back, not retrained; an interrupted one
