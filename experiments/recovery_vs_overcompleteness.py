@@ -230,8 +230,9 @@ def main(argv=None) -> int:
         if "rounds" in rep["diagnostics"]:  # Fourier search: how many rounds, why it stopped
             row["search_rounds"] = len(rep["diagnostics"]["rounds"])
             row["search_stop"] = rep["diagnostics"]["stop"]
-        for k in ("split_error_before", "split_error_doubled", "split_accepted", "split_added"):
-            if k in rep["diagnostics"]:  # the split stage's test (recovery.split)
+        for k in ("split_error_before", "split_error_doubled", "split_accepted", "split_added",
+                  "dropped"):
+            if k in rep["diagnostics"]:  # the split stage's test and the final drop (recovery)
                 row[k] = rep["diagnostics"][k]
         done[_key(s)] = row
         eta = (time.perf_counter() - start) / (i + 1) * (len(fresh) - i - 1)

@@ -130,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="degenerate polynomial controls added to f (z, z², z³ in turn)")
     r.add_argument("--no-split", action="store_true",
                    help="skip the split stage that separates close pairs (recovery.split)")
+    r.add_argument("--no-drop", action="store_true",
+                   help="keep directions that their close neighbours can take over "
+                        "(recovery.drop_redundant)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -272,7 +275,8 @@ def _recover(args) -> None:
     config = recovery_study.RecoverConfig(
         d=args.d, n=args.n, responses=args.responses, directions=args.directions,
         delta=args.delta, noise=args.noise, method=args.method, budget=args.budget,
-        degenerate=args.degenerate, seed=args.seed, split=not args.no_split)
+        degenerate=args.degenerate, seed=args.seed, split=not args.no_split,
+        drop=not args.no_drop)
     _writable(args.out)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     rep = recovery_study.run(config, args.out, progress=say)

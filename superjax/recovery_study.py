@@ -29,6 +29,7 @@ class RecoverConfig:
     degenerate: int = 0
     seed: int = 0
     split: bool = True
+    drop: bool = True
 
     def __post_init__(self):
         _checks.positive_int("d", self.d, minimum=2, maximum=4096)
@@ -44,7 +45,8 @@ class RecoverConfig:
 
     def recovery_config(self) -> recovery.RecoveryConfig:
         fit = min(40_000, max(1000, self.budget // 5))
-        return recovery.RecoveryConfig(budget=self.budget, fit_queries=fit, split=self.split)
+        return recovery.RecoveryConfig(budget=self.budget, fit_queries=fit, split=self.split,
+                                       drop=self.drop)
 
 
 def run(config: RecoverConfig, out: pathlib.Path | None = None, progress=None) -> dict:

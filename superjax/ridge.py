@@ -54,18 +54,36 @@ def unit(v: Float[Array, "m d"]) -> Float[Array, "m d"]:
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
 
-def responses(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, "b m"]:
-    """σ̂_j(v̂_jᵀx) for every direction j."""
+def _knots(model: RidgeModel, z: Array) -> tuple[Array, Array]:
+    """Spline position of projections z: the first active coefficient and the four weights."""
     k = model.coef.shape[1]
-    z = x @ unit(model.directions).T
     # Spline j lives on k − 3 intervals of [lo, hi]; clamp so that the spline is constant outside.
     u = (jnp.clip(z, model.lo, model.hi) - model.lo) / (model.hi - model.lo) * (k - 3)
-    i, w = _bspline_weights(u, k)
+    return _bspline_weights(u, k)
+
+
+def spline(model: RidgeModel, z: Float[Array, "b m"]) -> Float[Array, "b m"]:
+    """σ̂_j(z_j) for every direction j, at projections z (column j on direction j)."""
+    i, w = _knots(model, z)
     # One 4-wide window of coefficients per (query, direction): a gather of contiguous slices,
     # whose transpose (a windowed scatter-add) is much cheaper than four scalar gathers on CPU.
     window = lambda row, start: jax.lax.dynamic_slice(row, (start,), (4,))  # noqa: E731
     c = jax.vmap(jax.vmap(window), in_axes=(None, 0))(model.coef, i)       # (b, m, 4)
     return jnp.sum(c * w, axis=-1)
+
+
+def responses(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, "b m"]:
+    """σ̂_j(v̂_jᵀx) for every direction j."""
+    return spline(model, x @ unit(model.directions).T)
+
+
+def basis(model: RidgeModel, z: Float[Array, "b m"]) -> Float[Array, "b m k"]:
+    """The B-spline basis at projections z: ``spline(model, z) = Σ_k basis · coef``. Dense (a
+    sum of one-hot rows, no scatter), for solvers that need the design matrix itself."""
+    k = model.coef.shape[1]
+    i, w = _knots(model, z)
+    return jnp.sum(jax.nn.one_hot(i[..., None] + jnp.arange(4), k, dtype=w.dtype)
+                   * w[..., None], axis=-2)
 
 
 def polynomial(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, " b"]:
@@ -94,9 +112,7 @@ def _preconditioner(model: RidgeModel, x: Float[Array, "b d"]) -> RidgeModel:
     without this scaling L-BFGS stalls far from the least-squares optimum.
     """
     m, k = model.coef.shape
-    z = x @ unit(model.directions).T
-    u = (jnp.clip(z, model.lo, model.hi) - model.lo) / (model.hi - model.lo) * (k - 3)
-    i, w = _bspline_weights(u, k)
+    i, w = _knots(model, x @ unit(model.directions).T)
     flat = (i[..., None] + jnp.arange(4) + (jnp.arange(m) * k)[None, :, None]).reshape(-1)
     diag = jnp.zeros(m * k).at[flat].add((w**2).reshape(-1)).reshape(m, k) / x.shape[0]
     x2 = x**2

@@ -303,3 +303,47 @@ def test_finish_keeps_a_separated_close_pair_and_merges_a_candidate_found_twice(
     again = R.fit_ridge(directions, xf, yf, extent=9.0, refine=True, start=model)
     before = float(ridge.relative_mse(model, xf, yf))
     assert float(ridge.relative_mse(again, xf, yf)) > 0.995 * before
+
+
+def test_cluster_fit_converges_in_a_few_gauss_newton_steps():
+    # Three ridges with random splines; from 0.05-rad-off directions and shrunk responses the
+    # Levenberg–Marquardt fit recovers the target to ~1e-8 of its variance in 10 steps.
+    x = jax.random.normal(jax.random.key(40), (3_000, 5))
+    v = ridge.unit(jax.random.normal(jax.random.key(41), (3, 5)))
+    truth = ridge.init(v, knots=12, extent=4.0)._replace(
+        coef=jax.random.normal(jax.random.key(42), (3, 12)))
+    z = x @ v.T
+    np.testing.assert_allclose(np.einsum("bmk,mk->bm", ridge.basis(truth, z), truth.coef),
+                               ridge.spline(truth, z), atol=1e-5)
+    y = jnp.sum(ridge.responses(truth, x), axis=-1)
+    start = truth._replace(coef=0.8 * truth.coef, directions=ridge.unit(
+        v + 0.05 * jax.random.normal(jax.random.key(43), v.shape)))
+    live = jnp.ones(3, bool)
+    error = lambda steps: float(R._cluster_fit(start, x, y, live, smoothing=0.0, steps=steps))  # noqa: E731
+    assert error(0) > 1e-2 * float(jnp.var(y))
+    assert error(10) < 1e-7 * float(jnp.var(y))
+
+
+def test_drop_redundant_removes_a_third_direction_from_a_close_pair():
+    # A Δ = 0.1 pair and a third direction 0.03 rad from one member, all fitted jointly: the
+    # three share the pair's two responses, which no merge of two ridges reproduces. Without
+    # one of them the other two take over (cost ≈ 1 + p/b), without a member of the pair they
+    # cannot (cost ≫ 1).
+    target, _ = _pair_target()
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(30))
+    x, y = R._fit_queries(orc, jax.random.key(31), 12_000, 1.0)
+    v = np.asarray(target.directions)
+    third = ridge.unit(jnp.asarray(v[0] + 0.03 * v[2])[None])
+    model = R.fit_ridge(jnp.concatenate([jnp.asarray(v), third]), x, y, extent=9.0, refine=True)
+    (group,), (cost,) = R.drop_costs(model, x[::2], y[::2])
+    assert sorted(group) == [0, 1, 4] and 1.0 < cost < 1 + 2 * (6 + 48) / 6_000, (group, cost)
+    out, dropped = R.drop_redundant(model, x, y, extent=9.0)
+    assert dropped == 1 and out.directions.shape[0] == 4
+    cos = np.abs(v @ np.asarray(out.directions).T)
+    assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.999), cos
+    (group,), (cost,) = R.drop_costs(out, x[::2], y[::2])
+    assert sorted(group) == [0, 1] and cost > 10, (group, cost)
+    xt = jax.random.normal(jax.random.key(32), (8_000, 6))
+    before, after = (float(ridge.relative_mse(m, 2 * xt, O.evaluate(target, 2 * xt)))
+                     for m in (model, out))
+    assert after < 1.05 * before, (before, after)
