@@ -611,9 +611,10 @@ def _cluster_fit(cluster: ridge.RidgeModel, x, target, live, *, smoothing: float
         p, value, mu = carry
         model = unpack(p)
         z = x @ model.directions.T
-        e = error(model)
-        # ∂e/∂coef: the basis; ∂e/∂v (unit v): σ'(z) (x − z v), σ' by a forward derivative.
-        slope = jax.jvp(lambda z: ridge.spline(model, z), (z,), (jnp.ones_like(z),))[1]
+        # e and, by a forward derivative, σ'(z): ∂e/∂v (unit v) is σ'(z) (x − z v), ∂e/∂coef
+        # the basis.
+        fitted, slope = jax.jvp(lambda z: ridge.spline(model, z), (z,), (jnp.ones_like(z),))
+        e = fitted @ live - target
         jv = (slope * live)[..., None] * (x[:, None, :] - z[..., None] * model.directions)
         jc = ridge.basis(model, z) * live[:, None]
         jac = jnp.concatenate([jv.reshape(b, w * d), jc.reshape(b, w * k)], axis=1)
@@ -770,7 +771,8 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
 def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: RecoveryConfig
            ) -> tuple[Array, ridge.RidgeModel, dict]:
     """Fits the ridge model on fresh queries, refines it, drops empty or redundant directions,
-    splits merged close pairs, and refines the result once more (warm-started).
+    splits merged close pairs, refines the result once more (warm-started), and drops directions
+    that their close neighbours can take over (:func:`drop_redundant`, with ``config.drop``).
 
     Spurious candidates end with quadratic responses (~1e-7 of var f, against ≥ 1e-4 for true
     directions at noise 0.01) and are pruned. Close directions are merged only when one ridge
