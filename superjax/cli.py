@@ -242,14 +242,16 @@ def _print_selection(rep: dict) -> None:
         rows = [("seed agreement per {}", "seed_agreement")]
         if "score" in sel:  # agreement weighted by the variance explained (k)
             rows.append(("agreement × (1 − FVU) per {}", "score"))
-        chosen = f"  -> selected {label} = {sel[f'selected_{name}']:g}"
-        decides = rows[-1][1]
+        chosen = {rows[-1][1]: f"  -> selected {label} = {sel[f'selected_{name}']:g}"}
+        rows.append(("atoms reproduced at |cos| ≥ 0.99 per {}", "reproducible_rate"))
+        chosen["reproducible_rate"] = (f"  -> for the atoms {label} = "
+                                       f"{sel[f'selected_{name}_atoms']:g}")
         if "latent_mcc" in sel:
             rows.append(("latent MCC per {} (scored after the choice)", "latent_mcc"))
         for title, key in rows:
             print(title.format(label) + ": " + "  ".join(
                 f"{v:g}: {a:.4f}" for v, a in zip(sel[f"{name}s"], sel[key], strict=True))
-                + (chosen if key == decides else ""))
+                + chosen.get(key, ""))
 
 
 def _amortisation_gap(args) -> None:

@@ -8,7 +8,8 @@
 * Chance levels: the same metric for a random dictionary of the learned shape, and for inferred
   codes whose samples are shuffled (breaking the pairing, keeping every marginal).
 * Seed agreement: the matched mean |cos| between dictionaries learned from different
-  initialisations (no ground truth needed; it selects λ, see :func:`seed_agreement`).
+  initialisations (no ground truth needed; it selects λ, see :func:`seed_agreement`), and the
+  fraction of atoms that restarts reproduce at |cos| ≥ 0.99 (:func:`reproducible_rate`).
 * FVU, L0 at a threshold, dead fraction, shrinkage.
 
 All functions are pure and jit-able; the Hungarian matching is optax's jittable implementation.
@@ -109,6 +110,15 @@ def dictionary_metrics(
     )
 
 
+def _restart_matches(dictionaries: Sequence[Float[Array, "m q"]]) -> Float[Array, "pairs q"]:
+    """Per pair of dictionaries, each atom's Hungarian-matched |cos| in the other."""
+    if len(dictionaries) < 2:
+        raise ValueError(f"seed agreement needs at least two dictionaries, got {len(dictionaries)}")
+    dictionaries = [_rows(f"dictionary {i}", d) for i, d in enumerate(dictionaries)]
+    return jnp.stack([matched_scores(abs_cosine(a, b))
+                      for a, b in itertools.combinations(dictionaries, 2)])
+
+
 def seed_agreement(dictionaries: Sequence[Float[Array, "m q"]]) -> Float[Array, ""]:
     """Mean over pairs of the Hungarian-matched mean |cos| between learned dictionaries (atoms as
     columns), e.g. SAEs trained from different initialisations on the same data.
@@ -118,10 +128,19 @@ def seed_agreement(dictionaries: Sequence[Float[Array, "m q"]]) -> Float[Array, 
     too weak a penalty leaves a dense, non-identifiable code and too strong a one leaves atoms
     dead at their random initialisation, and the restarts disagree.
     """
-    if len(dictionaries) < 2:
-        raise ValueError(f"seed agreement needs at least two dictionaries, got {len(dictionaries)}")
-    pairs = itertools.combinations(dictionaries, 2)
-    return jnp.mean(jnp.stack([dictionary_metrics(a, b).mean_cos for a, b in pairs]))
+    return jnp.mean(_restart_matches(dictionaries))
+
+
+def reproducible_rate(dictionaries: Sequence[Float[Array, "m q"]], threshold: float = 0.99
+                      ) -> Float[Array, ""]:
+    """The restarts' analogue of the recovery rate: the fraction of atoms whose Hungarian match
+    in another restart's dictionary has |cos| ≥ ``threshold``, averaged over pairs.
+
+    :func:`seed_agreement` averages the matched |cos|, so many roughly reproduced atoms can
+    outweigh a few exactly reproduced ones; this counts only the exact ones, and tracks the
+    fraction of true atoms recovered (README, dictionary recovery: choosing TopK's k).
+    """
+    return jnp.mean(_restart_matches(dictionaries) >= threshold)
 
 
 def random_dictionary_metrics(

@@ -252,14 +252,20 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
     dictionary. TopK's k needs it: its restarts agree most at k = 1, where TopK is a vector
     quantiser whose cluster-centre atoms are stable but leave K − 1 of K components per sample
     unexplained (README, dictionary recovery).
+
+    That choice aims at the codes (latent MCC). A second choice aims at the atoms:
+    ``selected_{name}_atoms`` is the value whose restarts reproduce the most atoms at
+    |cos| ≥ 0.99 (:func:`superjax.metrics.reproducible_rate`; ties go to the higher score).
     """
     r = restarts
-    agreement = [float(metrics.seed_agreement(dictionaries[i * r:(i + 1) * r]))
-                 for i in range(len(values))]
+    groups = [dictionaries[i * r:(i + 1) * r] for i in range(len(values))]
+    agreement = [float(metrics.seed_agreement(g)) for g in groups]
+    reproduced = [float(metrics.reproducible_rate(g)) for g in groups]
     label = "λ" if name == "lam" else name
     rule = (f"the {label} whose restarts agree most (Hungarian-matched mean |cos| between their "
             "dictionaries)")
-    out = {"restarts": r, f"{name}s": list(values), "seed_agreement": agreement}
+    out = {"restarts": r, f"{name}s": list(values), "seed_agreement": agreement,
+           "reproducible_rate": reproduced}
     score = agreement
     if fvu is not None:
         explained = [1.0 - float(np.mean(fvu[i * r:(i + 1) * r])) for i in range(len(values))]
@@ -267,7 +273,10 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
         rule += ", weighted by the variance they explain: agreement × (1 − FVU)"
         out.update(explained_variance=explained, score=score)
     best = max(range(len(values)), key=lambda i: score[i])
-    return {"rule": rule, **out, f"selected_{name}": values[best]}
+    atoms = max(range(len(values)), key=lambda i: (reproduced[i], score[i]))
+    return {"rule": rule, **out, f"selected_{name}": values[best],
+            "atoms_rule": f"the {label} whose restarts reproduce the most atoms at |cos| ≥ 0.99",
+            f"selected_{name}_atoms": values[atoms]}
 
 
 def selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder],

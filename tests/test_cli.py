@@ -157,6 +157,8 @@ def test_train_sae_sweep_is_one_run_scored_per_value(sweep_args, name, values, o
         w_dec = [load_file(str(f / "sae_weights.safetensors"))["W_dec"] for f in folders]
         assert float(metrics.seed_agreement([w.T for w in w_dec])) == pytest.approx(
             agreement, abs=1e-5)
+        assert float(metrics.reproducible_rate([w.T for w in w_dec])) == pytest.approx(
+            sel["reproducible_rate"][values.index(value)])
         if name == "k":
             assert json.loads((folders[0] / "cfg.json").read_text())["k"] == value
     score = sel["seed_agreement"]

@@ -42,6 +42,20 @@ def test_seed_agreement_closed_form():
         metrics.seed_agreement([a])
 
 
+def test_reproducible_rate_counts_atoms_matched_above_the_threshold():
+    # I, and rotations by t and 2t with cos t = 0.995 ≥ 0.99 > cos 2t = 0.98005: both atoms match
+    # at |cos t| in the pairs (I, R_t) and (R_t, R_2t), at |cos 2t| in (I, R_2t). Rate 2/3.
+    t = np.arccos(0.995)
+    rot = lambda u: jnp.array([[np.cos(u), -np.sin(u)], [np.sin(u), np.cos(u)]])  # noqa: E731
+    dicts = [jnp.eye(2), rot(t), rot(2 * t)]
+    assert float(metrics.reproducible_rate(dicts)) == pytest.approx(2 / 3)
+    assert float(metrics.reproducible_rate(dicts, threshold=0.98)) == pytest.approx(1.0)
+    a = data.gaussian_dictionary(jax.random.key(2), 8, 16)
+    assert float(metrics.reproducible_rate([a, -a[:, ::-1]])) == 1.0
+    with pytest.raises(ValueError, match="at least two"):
+        metrics.reproducible_rate([a])
+
+
 def test_independent_codes_score_near_chance():
     z, other = _codes(3), _codes(4)
     chance = float(metrics.latent_mcc_chance(jax.random.key(5), z, other))

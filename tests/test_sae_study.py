@@ -127,3 +127,21 @@ def test_k_selection_weights_agreement_by_the_variance_explained():
     assert sel["score"] == pytest.approx([0.5, 0.97 * agree], abs=1e-6)
     assert sel["selected_k"] == 3 and sel["ks"] == [1, 3]
     assert sae_study.select_by_agreement((1, 3), 2, [c, c, c, near], name="k")["selected_k"] == 1
+
+
+def test_the_atom_rule_picks_the_k_whose_restarts_reproduce_the_most_atoms():
+    # k = 1's restarts match every atom at |cos| ≈ 0.98: high agreement, nothing reproduced at
+    # 0.99. k = 2's restarts share 9 of 12 atoms exactly; the other 3 are unrelated.
+    key = jax.random.key(3)
+    c, other, noise = (jax.random.normal(k, (32, 12)) for k in jax.random.split(key, 3))
+    c = c / np.linalg.norm(c, axis=0)
+    rough = c + 0.2 * noise / np.linalg.norm(noise, axis=0)
+    part = c.at[:, 9:].set(other[:, 9:])
+    sel = sae_study.select_by_agreement((1, 2), 2, [c, rough, c, part], name="k")
+    assert sel["seed_agreement"][0] > sel["seed_agreement"][1] and sel["selected_k"] == 1
+    assert sel["reproducible_rate"] == pytest.approx([0.0, 0.75])
+    assert sel["selected_k_atoms"] == 2
+    # Equal rates: the higher agreement × (1 − FVU) decides.
+    tie = sae_study.select_by_agreement((1, 2), 2, [c, c, c, c], name="k",
+                                        fvu=[0.5, 0.5, 0.1, 0.1])
+    assert tie["reproducible_rate"] == [1.0, 1.0] and tie["selected_k_atoms"] == 2
