@@ -115,6 +115,9 @@ def _restart_matches(dictionaries: Sequence[Float[Array, "m q"]]) -> Float[Array
     if len(dictionaries) < 2:
         raise ValueError(f"seed agreement needs at least two dictionaries, got {len(dictionaries)}")
     dictionaries = [_rows(f"dictionary {i}", d) for i, d in enumerate(dictionaries)]
+    shapes = {d.shape for d in dictionaries}
+    if len(shapes) > 1:
+        raise ValueError(f"the dictionaries must share one shape (rows, atoms): {sorted(shapes)}")
     return jnp.stack([matched_scores(abs_cosine(a, b))
                       for a, b in itertools.combinations(dictionaries, 2)])
 

@@ -54,6 +54,8 @@ def test_reproducible_rate_counts_atoms_matched_above_the_threshold():
     assert float(metrics.reproducible_rate([a, -a[:, ::-1]])) == 1.0
     with pytest.raises(ValueError, match="at least two"):
         metrics.reproducible_rate([a])
+    with pytest.raises(ValueError, match="one shape"):
+        metrics.reproducible_rate([a, a[:, :12]])
 
 
 def test_independent_codes_score_near_chance():
