@@ -29,6 +29,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from superjax import _checks
 from superjax.data import gaussian_dictionary
 
+REPRODUCED_COS = 0.99  # |cos| at which a restart counts as reproducing an atom
+
 
 def _rows(name: str, a, ndim: int = 2) -> Array:
     return _checks.float_array(name, a, ndims=(ndim,))
@@ -110,8 +112,9 @@ def dictionary_metrics(
     )
 
 
-def _restart_matches(dictionaries: Sequence[Float[Array, "m q"]]) -> Float[Array, "pairs q"]:
-    """Per pair of dictionaries, each atom's Hungarian-matched |cos| in the other."""
+def restart_matches(dictionaries: Sequence[Float[Array, "m q"]]) -> Float[Array, "pairs q"]:
+    """Per pair of dictionaries (e.g. restarts of one SAE), each atom's Hungarian-matched |cos|
+    in the other: what :func:`seed_agreement` and :func:`reproducible_rate` summarise."""
     if len(dictionaries) < 2:
         raise ValueError(f"seed agreement needs at least two dictionaries, got {len(dictionaries)}")
     dictionaries = [_rows(f"dictionary {i}", d) for i, d in enumerate(dictionaries)]
@@ -131,11 +134,11 @@ def seed_agreement(dictionaries: Sequence[Float[Array, "m q"]]) -> Float[Array, 
     too weak a penalty leaves a dense, non-identifiable code and too strong a one leaves atoms
     dead at their random initialisation, and the restarts disagree.
     """
-    return jnp.mean(_restart_matches(dictionaries))
+    return jnp.mean(restart_matches(dictionaries))
 
 
-def reproducible_rate(dictionaries: Sequence[Float[Array, "m q"]], threshold: float = 0.99
-                      ) -> Float[Array, ""]:
+def reproducible_rate(dictionaries: Sequence[Float[Array, "m q"]],
+                      threshold: float = REPRODUCED_COS) -> Float[Array, ""]:
     """The restarts' analogue of the recovery rate: the fraction of atoms whose Hungarian match
     in another restart's dictionary has |cos| ≥ ``threshold``, averaged over pairs.
 
@@ -143,7 +146,7 @@ def reproducible_rate(dictionaries: Sequence[Float[Array, "m q"]], threshold: fl
     outweigh a few exactly reproduced ones; this counts only the exact ones, and tracks the
     fraction of true atoms recovered (README, dictionary recovery: choosing TopK's k).
     """
-    return jnp.mean(_restart_matches(dictionaries) >= threshold)
+    return jnp.mean(restart_matches(dictionaries) >= threshold)
 
 
 def random_dictionary_metrics(

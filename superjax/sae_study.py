@@ -258,9 +258,9 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
     |cos| ≥ 0.99 (:func:`superjax.metrics.reproducible_rate`; ties go to the higher score).
     """
     r = restarts
-    groups = [dictionaries[i * r:(i + 1) * r] for i in range(len(values))]
-    agreement = [float(metrics.seed_agreement(g)) for g in groups]
-    reproduced = [float(metrics.reproducible_rate(g)) for g in groups]
+    matches = [metrics.restart_matches(dictionaries[i * r:(i + 1) * r]) for i in range(len(values))]
+    agreement = [float(m.mean()) for m in matches]
+    reproduced = [float((m >= metrics.REPRODUCED_COS).mean()) for m in matches]
     label = "λ" if name == "lam" else name
     rule = (f"the {label} whose restarts agree most (Hungarian-matched mean |cos| between their "
             "dictionaries)")
@@ -275,7 +275,8 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
     best = max(range(len(values)), key=lambda i: score[i])
     atoms = max(range(len(values)), key=lambda i: (reproduced[i], score[i]))
     return {"rule": rule, **out, f"selected_{name}": values[best],
-            "atoms_rule": f"the {label} whose restarts reproduce the most atoms at |cos| ≥ 0.99",
+            "atoms_rule": (f"the {label} whose restarts reproduce the most atoms at "
+                           f"|cos| ≥ {metrics.REPRODUCED_COS}"),
             f"selected_{name}_atoms": values[atoms]}
 
 
