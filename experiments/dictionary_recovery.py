@@ -71,7 +71,11 @@ def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path, collect: bool = False
         # Fields added to TrainSAEConfig since a report was written take their defaults.
         defaults = dataclasses.asdict(sae_study.TrainSAEConfig(m=cfg.m, n=cfg.n, k=cfg.k))
         saved = {**json.loads(json.dumps(defaults)), **rep.get("config", {})}
-        if saved == json.loads(json.dumps(dataclasses.asdict(cfg))):
+        # A selection report from before the atom rule is scored again (from the final
+        # checkpoint: nothing is retrained).
+        sel = rep.get("k_selection") or rep.get("lam_selection")
+        rescore = sel is not None and "reproducible_rate" not in sel
+        if saved == json.loads(json.dumps(dataclasses.asdict(cfg))) and not rescore:
             return rep
     return None if collect else sae_study.run(cfg, out, progress=False)
 
