@@ -46,9 +46,6 @@ import numpy as np
 from superjax import bounds, models, report, sae_study
 
 LAMS = (0.03, 0.1, 0.3)
-SELECTION_FIELDS = ("selected", "best_in_hindsight", "recovery_at_best", "recovery_at_selected",
-                    "best_mcc_in_hindsight", "mcc_at_best", "mcc_at_selected", "selected_atoms",
-                    "recovery_at_selected_atoms", "mcc_at_selected_atoms")
 
 
 def _ints(text: str) -> list[int]:
@@ -80,13 +77,14 @@ def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path, collect: bool = False
     return None if collect else sae_study.run(cfg, out, progress=False)
 
 
-def _selected(rep: dict, seed: int) -> dict:
-    """A selection run's row: the seed-``seed`` SAE at the selected λ (or k), the hindsight best
-    by mean recovery (and by MCC) over the restarts, and what the atom rule chose."""
+def _selected(rep: dict, seed: int) -> tuple[dict, dict]:
+    """A selection run's seed-``seed`` SAE at the selected λ (or k), and the row's selection
+    fields: the hindsight best by mean recovery and by mean MCC over the restarts, and each
+    rule's choice (``selected``; the atom rule's ``selected_atoms``) with its means."""
     name = "k" if "k_selection" in rep else "lam"
     sel, sweep = rep[f"{name}_selection"], rep["sweep"]
-    chosen, for_atoms = sel[f"selected_{name}"], sel[f"selected_{name}_atoms"]
-    member = next(m for m in sweep if m[name] == chosen and m["seed"] == seed)
+    picks = {"": sel[f"selected_{name}"], "_atoms": sel[f"selected_{name}_atoms"]}
+    member = next(m for m in sweep if m[name] == picks[""] and m["seed"] == seed)
 
     def mean(key):
         return {v: float(np.mean([m[key] for m in sweep if m[name] == v]))
@@ -95,12 +93,12 @@ def _selected(rep: dict, seed: int) -> dict:
     mean_rec, mean_mcc = mean("dict_recovery_rate"), mean("latent_mcc")
     best = max(mean_rec, key=mean_rec.get)
     best_mcc = max(mean_mcc, key=mean_mcc.get)
-    return {**member, "seed_agreement": sel["seed_agreement"], "tried": sel[f"{name}s"],
-            "selected": chosen, "best_in_hindsight": best, "recovery_at_best": mean_rec[best],
-            "recovery_at_selected": mean_rec[chosen], "best_mcc_in_hindsight": best_mcc,
-            "mcc_at_best": mean_mcc[best_mcc], "mcc_at_selected": mean_mcc[chosen],
-            "selected_atoms": for_atoms, "recovery_at_selected_atoms": mean_rec[for_atoms],
-            "mcc_at_selected_atoms": mean_mcc[for_atoms]}
+    fields = {"best_in_hindsight": best, "recovery_at_best": mean_rec[best],
+              "best_mcc_in_hindsight": best_mcc, "mcc_at_best": mean_mcc[best_mcc]}
+    for suffix, value in picks.items():
+        fields.update({f"selected{suffix}": value, f"recovery_at_selected{suffix}": mean_rec[value],
+                       f"mcc_at_selected{suffix}": mean_mcc[value]})
+    return member, fields
 
 
 def _heat_maps(rows: list[dict], archs: list[str], path: pathlib.Path) -> None:
@@ -195,14 +193,13 @@ def main(argv=None) -> None:
             rep = _run(cfg, args.out / "grid" / f"m{m}_n{n}_k{k}" / name, args.collect)
             if rep is None:
                 continue
-            if select:
-                rep = _selected(rep, args.seed)
+            rep, chosen = _selected(rep, args.seed) if select else (rep, {})
             row = {"m": m, "n": n, "k": k, "arch": arch, "lam": rep.get("lam", lam),
                    "delta": m / n, "rho": k / m, "rho_weak": float(b.rho_weak),
                    "inside_margin": bool(k / m <= 0.8 * b.rho_weak),
                    **{key: rep[key] for key in ("dict_recovery_rate", "dict_mean_cos",
                                                  "latent_mcc", "fvu", "l0", "dead_fraction")},
-                   **{key: rep[key] for key in SELECTION_FIELDS if key in rep}}
+                   **chosen}
             rows.append(row)
             print(f"[{i + 1}/{len(cells)}] M={m:3d} N={n:4d} K={k} {arch:13s} "
                   f"recovered={row['dict_recovery_rate']:.3f} mcc={row['latent_mcc']:.3f} "
