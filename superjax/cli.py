@@ -243,6 +243,7 @@ def _print_selection(rep: dict) -> None:
         if "score" in sel:  # agreement weighted by the variance explained (k)
             rows.append(("agreement × (1 − FVU) per {}", "score"))
         chosen = {rows[-1][1]: f"  -> selected {label} = {sel[f'selected_{name}']:g}"}
+        rows.append(("atoms found at a neighbouring {} at |cos| ≥ 0.95", "neighbour_rate"))
         rows.append(("atoms reproduced at |cos| ≥ 0.99 per {}", "reproducible_rate"))
         chosen["reproducible_rate"] = (f"  -> for the atoms {label} = "
                                        f"{sel[f'selected_{name}_atoms']:g}")

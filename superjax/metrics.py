@@ -9,7 +9,8 @@
   codes whose samples are shuffled (breaking the pairing, keeping every marginal).
 * Seed agreement: the matched mean |cos| between dictionaries learned from different
   initialisations (no ground truth needed; it selects λ, see :func:`seed_agreement`), and the
-  fraction of atoms that restarts reproduce at |cos| ≥ 0.99 (:func:`reproducible_rate`).
+  fraction of atoms that restarts reproduce at |cos| ≥ 0.99 (:func:`reproducible_rate`), and the
+  fraction found again in dictionaries trained another way (:func:`shared_rate`).
 * FVU, L0 at a threshold, dead fraction, shrinkage.
 
 All functions are pure and jit-able; the Hungarian matching is optax's jittable implementation.
@@ -147,6 +148,26 @@ def reproducible_rate(dictionaries: Sequence[Float[Array, "m q"]],
     fraction of true atoms recovered (README, dictionary recovery: choosing TopK's k).
     """
     return jnp.mean(restart_matches(dictionaries) >= threshold)
+
+
+def shared_rate(first: Sequence[Float[Array, "m p"]], second: Sequence[Float[Array, "m q"]],
+                threshold: float = 0.95) -> Float[Array, ""]:
+    """The fraction of the atoms of ``first``'s dictionaries whose Hungarian match in one of
+    ``second``'s has |cos| ≥ ``threshold``, averaged over every (first, second) pair.
+
+    With the restarts of two neighbouring values of a sweep (k and the next k) it says whether a
+    value's atoms belong to the data or to that value: TopK's k = 1 vector quantiser has cluster
+    centres that restarts reproduce but that no k ≥ 2 finds (README, dictionary recovery).
+    """
+    first = [_rows(f"first dictionary {i}", d) for i, d in enumerate(first)]
+    second = [_rows(f"second dictionary {i}", d) for i, d in enumerate(second)]
+    if not first or not second:
+        raise ValueError("shared_rate needs at least one dictionary on each side")
+    rows = {d.shape[0] for d in first + second}
+    if len(rows) > 1:
+        raise ValueError(f"the dictionaries must share one row count (M): {sorted(rows)}")
+    return jnp.mean(jnp.stack([jnp.mean(matched_scores(abs_cosine(a, b)) >= threshold)
+                               for a in first for b in second]))
 
 
 def random_dictionary_metrics(

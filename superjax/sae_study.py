@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import pathlib
 import time
 from typing import Any
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from superjax import _checks, data, metrics, models, report, train
+from superjax import _checks, checkpoint, data, metrics, models, report, train
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mlp", "lista", "sparse-coding")
 SWEEP_ARCHS = ("relu", "jumprelu", "mlp", "lista")  # λ is an argument of their train step
@@ -241,6 +242,10 @@ def _export(model: models.SparseAutoencoder, config: TrainSAEConfig, out: pathli
                           **{**dataclasses.asdict(config), **own, "seed": member["seed"]})
 
 
+NEIGHBOUR_COS = 0.95  # |cos| at which a neighbouring value of a sweep finds an atom again
+NEIGHBOUR_MIN = 0.05  # below this neighbour rate the atom rule counts no atom of a value
+
+
 def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
                         fvu: list[float] | None = None) -> dict[str, Any]:
     """Per value of a sweep (λ, or ``name`` "k"), the agreement of its ``restarts`` dictionaries
@@ -255,17 +260,29 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
 
     That choice aims at the codes (latent MCC). A second choice aims at the atoms:
     ``selected_{name}_atoms`` is the value whose restarts reproduce the most atoms at
-    |cos| ≥ 0.99 (:func:`superjax.metrics.reproducible_rate`; ties go to the higher score).
+    |cos| ≥ 0.99 (:func:`superjax.metrics.reproducible_rate`; ties go to the higher score),
+    counting only atoms that are the data's rather than the value's own: a value whose
+    ``neighbour_rate`` (the fraction of its atoms that the restarts of the next smaller or larger
+    value find at |cos| ≥ 0.95, :func:`superjax.metrics.shared_rate`, the better neighbour) is
+    below 0.05 counts as reproducing none. TopK's k = 1 quantiser fails that test when K is large:
+    its restarts reproduce cluster centres that no k ≥ 2 finds. Where no value reproduces
+    anything that counts, the score decides. A sweep of one value has no neighbour to ask.
     """
     r = restarts
-    matches = [metrics.restart_matches(dictionaries[i * r:(i + 1) * r]) for i in range(len(values))]
+    groups = [dictionaries[i * r:(i + 1) * r] for i in range(len(values))]
+    matches = [metrics.restart_matches(g) for g in groups]
     agreement = [float(m.mean()) for m in matches]
     reproduced = [float((m >= metrics.REPRODUCED_COS).mean()) for m in matches]
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    neighbours = {i: [order[p] for p in (at - 1, at + 1) if 0 <= p < len(order)]
+                  for at, i in enumerate(order)}
+    shared = [max((float(metrics.shared_rate(groups[i], groups[j], NEIGHBOUR_COS))
+                   for j in neighbours[i]), default=1.0) for i in range(len(values))]
     label = "λ" if name == "lam" else name
     rule = (f"the {label} whose restarts agree most (Hungarian-matched mean |cos| between their "
             "dictionaries)")
     out = {"restarts": r, f"{name}s": list(values), "seed_agreement": agreement,
-           "reproducible_rate": reproduced}
+           "reproducible_rate": reproduced, "neighbour_rate": shared}
     score = agreement
     if fvu is not None:
         explained = [1.0 - float(np.mean(fvu[i * r:(i + 1) * r])) for i in range(len(values))]
@@ -273,10 +290,13 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
         rule += ", weighted by the variance they explain: agreement × (1 − FVU)"
         out.update(explained_variance=explained, score=score)
     best = max(range(len(values)), key=lambda i: score[i])
-    atoms = max(range(len(values)), key=lambda i: (reproduced[i], score[i]))
+    counted = [p if n >= NEIGHBOUR_MIN else 0.0 for p, n in zip(reproduced, shared, strict=True)]
+    atoms = max(range(len(values)), key=lambda i: (counted[i], score[i]))
     return {"rule": rule, **out, f"selected_{name}": values[best],
             "atoms_rule": (f"the {label} whose restarts reproduce the most atoms at "
-                           f"|cos| ≥ {metrics.REPRODUCED_COS}"),
+                           f"|cos| ≥ {metrics.REPRODUCED_COS}, none counted where a neighbouring "
+                           f"{label} finds under {NEIGHBOUR_MIN:g} of them at "
+                           f"|cos| ≥ {NEIGHBOUR_COS}"),
             f"selected_{name}_atoms": values[atoms]}
 
 
@@ -290,6 +310,25 @@ def selection(config: TrainSAEConfig, trained: list[models.SparseAutoencoder],
     fvu = [m["fvu"] for m in members] if config.swept == "k" else None
     return {f"{config.swept}_selection": select_by_agreement(
         values, config.restarts, [m.dictionary for m in trained], config.swept, fvu)}
+
+
+def reselect(config: TrainSAEConfig, out: str | pathlib.Path) -> dict[str, Any]:
+    """A finished sweep's DIR/report.json with its λ (k) selection computed again from the final
+    checkpoint by this version's rules; the members' scores stand, nothing is retrained."""
+    out = pathlib.Path(out)
+    rep = json.loads((out / "report.json").read_text())
+    if not config.members or config.restarts < 2:
+        raise ValueError(f"{out} is not a sweep with restarts: there is no selection to redo")
+    ckpt = checkpoint.Checkpointer(out / "checkpoints")
+    step = ckpt.latest_step()
+    ckpt.close()
+    if step != config.steps:
+        raise ValueError(f"{out}: the last checkpoint is at step {step}, not at the run's final "
+                         f"step {config.steps}; run it to the end first")
+    trained = _train(config, out, progress=False)[0]
+    rep.update(selection(config, trained, rep["sweep"]))
+    report.write_json(out / "report.json", rep)
+    return rep
 
 
 def run(config: TrainSAEConfig, out: str | pathlib.Path, *, progress: bool = True, mesh=None

@@ -152,15 +152,21 @@ def test_train_sae_sweep_is_one_run_scored_per_value(sweep_args, name, values, o
         m["l0"] <= m["k"] for m in sweep) and sweep[0]["l0"] < sweep[2]["l0"]
     # Seed agreement per value, recomputed from the exported SAELens weights of the two restarts.
     sel = rep[f"{name}_selection"]
-    for value, agreement in zip(values, sel["seed_agreement"], strict=True):
-        folders = [tmp_path / "sweep" / "saelens" / f"{name}{value:g}_seed{s}" for s in (0, 1)]
-        w_dec = [load_file(str(f / "sae_weights.safetensors"))["W_dec"] for f in folders]
-        assert float(metrics.seed_agreement([w.T for w in w_dec])) == pytest.approx(
-            agreement, abs=1e-5)
-        assert float(metrics.reproducible_rate([w.T for w in w_dec])) == pytest.approx(
-            sel["reproducible_rate"][values.index(value)])
+    folders = {v: [tmp_path / "sweep" / "saelens" / f"{name}{v:g}_seed{s}" for s in (0, 1)]
+               for v in values}
+    atoms = {v: [load_file(str(f / "sae_weights.safetensors"))["W_dec"].T for f in folders[v]]
+             for v in values}
+    for i, value in enumerate(values):
+        assert float(metrics.seed_agreement(atoms[value])) == pytest.approx(
+            sel["seed_agreement"][i], abs=1e-5)
+        assert float(metrics.reproducible_rate(atoms[value])) == pytest.approx(
+            sel["reproducible_rate"][i])
+        # The better of the neighbouring values (sorted) finds this share of its atoms.
+        near = [values[j] for j in (i - 1, i + 1) if 0 <= j < len(values)]
+        assert max(float(metrics.shared_rate(atoms[value], atoms[v])) for v in near) == (
+            pytest.approx(sel["neighbour_rate"][i]))
         if name == "k":
-            assert json.loads((folders[0] / "cfg.json").read_text())["k"] == value
+            assert json.loads((folders[value][0] / "cfg.json").read_text())["k"] == value
     score = sel["seed_agreement"]
     if name == "k":  # weighted by the held-out variance the restarts explain
         explained = [1 - np.mean([m["fvu"] for m in sweep if m["k"] == v]) for v in values]

@@ -1,11 +1,14 @@
 """The experiment scripts end to end on tiny grids: rows, resumption, re-scoring."""
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
+
+from superjax import sae_study
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -38,10 +41,22 @@ def test_dictionary_recovery_scores_both_k_rules_and_rescores_old_reports(tmp_pa
 
     # A report written before the atom rule is scored again from the final checkpoint: nothing
     # is retrained, and every member's scores come back unchanged.
-    reproduced = sel.pop("reproducible_rate")
+    reproduced, shared = sel.pop("reproducible_rate"), sel.pop("neighbour_rate")
     del sel["selected_k_atoms"], sel["atoms_rule"]
     report_path.write_text(json.dumps(rep))
+    log = (report_path.parent / "metrics.jsonl").read_text()
     script.main(argv)
     again = json.loads(report_path.read_text())
-    assert again["resumed_from"] == 60 and again["sweep"] == sweep
+    assert (report_path.parent / "metrics.jsonl").read_text() == log
+    assert again["resumed_from"] == rep["resumed_from"] and again["sweep"] == sweep
     assert again["k_selection"]["reproducible_rate"] == reproduced
+    assert again["k_selection"]["neighbour_rate"] == shared
+    assert again["k_selection"]["selected_k_atoms"] == row["selected_atoms"]
+
+    # Re-selection needs the run's final checkpoint and a sweep with restarts.
+    cfg = sae_study.TrainSAEConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in again["config"].items()})
+    with pytest.raises(ValueError, match="step 60, not at the run's final step 120"):
+        sae_study.reselect(dataclasses.replace(cfg, steps=120), report_path.parent)
+    with pytest.raises(ValueError, match="not a sweep with restarts"):
+        sae_study.reselect(dataclasses.replace(cfg, restarts=1), report_path.parent)

@@ -58,6 +58,23 @@ def test_reproducible_rate_counts_atoms_matched_above_the_threshold():
         metrics.reproducible_rate([a, a[:, :12]])
 
 
+def test_shared_rate_is_the_fraction_of_atoms_found_in_the_other_dictionaries():
+    # Against R_t every atom of I matches at cos t = 0.995; against R_2t at 0.98005. Mean over
+    # the two pairs at 0.99: (1 + 0) / 2. Atoms may come in any order and sign, and the two sides
+    # may differ in width: 12 of a's 16 atoms sit in its 12-atom slice, whose atoms all do.
+    t = np.arccos(0.995)
+    rot = lambda u: jnp.array([[np.cos(u), -np.sin(u)], [np.sin(u), np.cos(u)]])  # noqa: E731
+    assert float(metrics.shared_rate([jnp.eye(2)], [rot(t), rot(2 * t)], 0.99)) == 0.5
+    assert float(metrics.shared_rate([jnp.eye(2)], [rot(t), rot(2 * t)], 0.98)) == 1.0
+    a = data.gaussian_dictionary(jax.random.key(2), 8, 16)
+    assert float(metrics.shared_rate([a], [-a[:, ::-1][:, :12]])) == pytest.approx(0.75)
+    assert float(metrics.shared_rate([a[:, 4:]], [a])) == 1.0
+    with pytest.raises(ValueError, match="each side"):
+        metrics.shared_rate([a], [])
+    with pytest.raises(ValueError, match="row count"):
+        metrics.shared_rate([a], [a[:4]])
+
+
 def test_independent_codes_score_near_chance():
     z, other = _codes(3), _codes(4)
     chance = float(metrics.latent_mcc_chance(jax.random.key(5), z, other))

@@ -145,3 +145,24 @@ def test_the_atom_rule_picks_the_k_whose_restarts_reproduce_the_most_atoms():
     tie = sae_study.select_by_agreement((1, 2), 2, [c, c, c, c], name="k",
                                         fvu=[0.5, 0.5, 0.1, 0.1])
     assert tie["reproducible_rate"] == [1.0, 1.0] and tie["selected_k_atoms"] == 2
+
+
+def test_the_atom_rule_skips_a_k_whose_atoms_no_neighbouring_k_finds():
+    # TopK's k = 1 quantiser at large K: its restarts reproduce cluster centres q exactly (rate
+    # 1), but k = 2 finds none of them. k = 2 and k = 3 reproduce 9 and 6 of the data's 12 atoms
+    # c, and find each other's. The values come unsorted: neighbours are by value.
+    key = jax.random.key(4)
+    c, q, other = (jax.random.normal(k, (32, 12)) for k in jax.random.split(key, 3))
+    two, three = c.at[:, 9:].set(other[:, 9:]), c.at[:, 6:].set(-other[:, 6:])
+    sel = sae_study.select_by_agreement((3, 1, 2), 2, [c, three, q, q, c, two], name="k")
+    assert sel["reproducible_rate"] == pytest.approx([0.5, 1.0, 0.75])
+    assert sel["neighbour_rate"][1] == 0.0 and sel["neighbour_rate"][2] > 0.5
+    assert sel["selected_k_atoms"] == 2
+    # Where no value reproduces atoms that count, agreement × (1 − FVU) decides; a sweep of one
+    # value has no neighbour to ask.
+    alone = sae_study.select_by_agreement((1, 2), 2, [q, q, c, two], name="k",
+                                          fvu=[0.9, 0.9, 0.1, 0.1])
+    assert alone["neighbour_rate"] == [0.0, 0.0] and alone["score"][1] > alone["score"][0]
+    assert alone["selected_k_atoms"] == 2
+    one = sae_study.select_by_agreement((1,), 2, [q, q], name="k")
+    assert one["neighbour_rate"] == [1.0] and one["selected_k_atoms"] == 1
