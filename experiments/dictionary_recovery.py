@@ -31,7 +31,8 @@ and the summary scores both rules against the best in hindsight, by recovery and
 
 Runs resume: a finished run's report.json is read back, not retrained (a selection made by an
 older version is made again from the final checkpoint, superjax.sae_study.reselect); an
-interrupted one continues from its last checkpoint. --collect tabulates and plots the finished runs only.
+interrupted one continues from its last checkpoint. --collect tabulates and plots the finished
+runs only.
 """
 
 from __future__ import annotations

@@ -134,6 +134,33 @@ def test_fourier_search_reports_why_it_stopped():
     assert len(found) >= 3 and cos.min() > 0.9, cos
 
 
+def test_fourier_search_retries_a_round_whose_starts_find_nothing(monkeypatch):
+    # How many random starts converge late in a search is chance; a round where none does is
+    # tried again with fresh starts before the search gives up.
+    target, orc = _instance(6, 12)
+    real, calls = R.fixed_point, []
+
+    def flaky(x, y, starts, taus, scale):
+        calls.append(np.asarray(starts))
+        u, mass, move = real(x, y, starts, taus, scale)
+        return u, mass, move if len(calls) > 1 else jnp.zeros_like(move)  # 1st: none converge
+
+    monkeypatch.setattr(R, "fixed_point", flaky)
+    config = R.RecoveryConfig(budget=40_000, fit_queries=12_000, rounds=1)
+    found, diag = R.fourier(orc, jax.random.key(2), config)
+    assert len(calls) == 2 and not np.allclose(calls[0], calls[1])  # fresh starts
+    assert diag["rounds"][0]["retries"] == 1 and diag["stop"] == "round cap"
+    assert np.abs(np.asarray(found) @ np.asarray(target.directions).T).max(1).min() > 0.9
+
+    # Starts that never converge: the round is tried 1 + EMPTY_RETRIES times, then it stops.
+    calls.clear()
+    monkeypatch.setattr(R, "fixed_point", lambda *a: calls.append(1) or (
+        *real(*a)[:2], jnp.zeros(a[2].shape[0])))
+    found, diag = R.fourier(orc, jax.random.key(2), config)
+    assert len(calls) == 1 + R.EMPTY_RETRIES and diag["stop"] == "nothing new"
+    assert len(found) == 0
+
+
 @pytest.mark.slow
 def test_hermite_and_student_recover_an_undercomplete_target():
     target, orc = _instance(6, 5, responses="tanh")
