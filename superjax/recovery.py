@@ -14,7 +14,8 @@ are dropped at the end.
   of random starts (the window factor exp(−s²τ²(1 − ⟨u, v⟩²)/2) makes it a tensor power method of
   growing order) and, because every start falls into the basin of a dominant feature, peels: it
   fits the found ridge terms and a quadratic (the high-pass that removes the low-frequency and
-  degenerate mass), and searches the residual again, until a round finds nothing new.
+  degenerate mass), and searches the residual again, until a round finds nothing new (from
+  three sets of starts) or removes too little of the residual.
 * ``hessian`` — span of finite-difference Hessians ∇²f = Σ a_i σ_i'' v_i v_iᵀ at random points,
   each on its own random rotation of the stencil, then the subspace power method (Kileel & Pereira,
   arXiv 1912.04007) for the rank-one elements of the span (Fornasier et al. 2012).
@@ -102,7 +103,8 @@ class RecoveryConfig:
         over (:func:`drop_redundant`): duplicates of one feature, or one too many in a cluster.
       scale: query scale s (queries x ~ N(0, s²I)).
       starts: random starts per Fourier round; rounds: a safety cap on the peeling rounds. The
-        search stops on its own when a round finds nothing new or removes < 3 % of the residual.
+        search stops on its own when a round finds nothing new (after ``EMPTY_RETRIES`` fresh
+        sets of starts) or removes < 3 % of the residual.
         A round adds ~20 directions at d = 32 and a merged pair comes apart one direction per
         round: Δ = 0.3 pairs at n = 128 took 14–17 rounds at d = 16 and 32.
       taus: annealed radii of the Fourier fixed-point iteration (in units of 1/s).
