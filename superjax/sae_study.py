@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import pathlib
 import time
@@ -273,11 +274,14 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
     matches = [metrics.restart_matches(g) for g in groups]
     agreement = [float(m.mean()) for m in matches]
     reproduced = [float((m >= metrics.REPRODUCED_COS).mean()) for m in matches]
+    # Neighbours by value. One sweep's dictionaries share their width, so the Hungarian match of
+    # two neighbours is one-to-one both ways and each adjacent pair is scored once.
     order = sorted(range(len(values)), key=lambda i: values[i])
-    neighbours = {i: [order[p] for p in (at - 1, at + 1) if 0 <= p < len(order)]
-                  for at, i in enumerate(order)}
-    shared = [max((float(metrics.shared_rate(groups[i], groups[j], NEIGHBOUR_COS))
-                   for j in neighbours[i]), default=1.0) for i in range(len(values))]
+    adjacent = [float(metrics.shared_rate(groups[a], groups[b], NEIGHBOUR_COS))
+                for a, b in itertools.pairwise(order)]
+    shared = [0.0] * len(values)
+    for at, i in enumerate(order):
+        shared[i] = max(adjacent[max(at - 1, 0):at + 1], default=1.0)
     label = "λ" if name == "lam" else name
     rule = (f"the {label} whose restarts agree most (Hungarian-matched mean |cos| between their "
             "dictionaries)")
