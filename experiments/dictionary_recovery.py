@@ -26,8 +26,8 @@ SAEs with an L1 penalty (relu, mlp) train every λ from 3 initialisations in one
 in one run (grid/.../topk_select, batchtopk_select), scored by agreement × explained variance
 (superjax.sae_study.select_by_agreement). Each cell also records the atom rule's choice, the
 value whose restarts reproduce the most atoms at |cos| ≥ 0.99 (superjax.metrics.reproducible_rate),
-counting none where a neighbouring value finds under 5 % of them (superjax.metrics.shared_rate),
-and the summary scores both rules against the best in hindsight, by recovery and by latent MCC.
+each counted only where most restarts of a neighbouring value find it at |cos| ≥ 0.95, and the
+summary scores both rules against the best in hindsight, by recovery and by latent MCC.
 
 Runs resume: a finished run's report.json is read back, not retrained (a selection made by an
 older version is made again from the final checkpoint, superjax.sae_study.reselect); an
@@ -72,10 +72,10 @@ def _run(cfg: sae_study.TrainSAEConfig, out: pathlib.Path, collect: bool = False
         defaults = dataclasses.asdict(sae_study.TrainSAEConfig(m=cfg.m, n=cfg.n, k=cfg.k))
         saved = {**json.loads(json.dumps(defaults)), **rep.get("config", {})}
         if saved == json.loads(json.dumps(dataclasses.asdict(cfg))):
-            # A selection from before the atom rule (or its neighbour test) is made again from
-            # the final checkpoint: nothing is retrained.
+            # A selection from before the atom rule (or its per-atom neighbour test) is made
+            # again from the final checkpoint: nothing is retrained.
             sel = rep.get("k_selection") or rep.get("lam_selection")
-            if sel is None or "neighbour_rate" in sel:
+            if sel is None or "confirmed_rate" in sel:
                 return rep
             return None if collect else sae_study.reselect(cfg, out)
     return None if collect else sae_study.run(cfg, out, progress=False)

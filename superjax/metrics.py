@@ -60,10 +60,19 @@ def abs_cosine(a: Float[Array, "m p"], b: Float[Array, "m q"]) -> Float[Array, "
 
 
 @jax.jit  # optax's matching is a scan: eagerly it would recompile on every call
+def matched_both(score: Float[Array, "p q"]) -> tuple[Float[Array, " p"], Float[Array, " q"]]:
+    """For each row and for each column, its score under the maximum-weight one-to-one matching
+    (0 if unmatched): both sides of one matching."""
+    rows, cols = optax.assignment.hungarian_algorithm(-score)
+    matched = score[rows, cols]
+    return (jnp.zeros(score.shape[0], score.dtype).at[rows].set(matched),
+            jnp.zeros(score.shape[1], score.dtype).at[cols].set(matched))
+
+
+@jax.jit
 def matched_scores(score: Float[Array, "p q"]) -> Float[Array, " p"]:
     """For each row, its score under the maximum-weight one-to-one matching (0 if unmatched)."""
-    rows, cols = optax.assignment.hungarian_algorithm(-score)
-    return jnp.zeros(score.shape[0], score.dtype).at[rows].set(score[rows, cols])
+    return matched_both(score)[0]
 
 
 def latent_mcc(z_true: Float[Array, "s n"], z_hat: Float[Array, "s q"]) -> Float[Array, ""]:

@@ -244,7 +244,7 @@ def _export(model: models.SparseAutoencoder, config: TrainSAEConfig, out: pathli
 
 
 NEIGHBOUR_COS = 0.95  # |cos| at which a neighbouring value of a sweep finds an atom again
-NEIGHBOUR_MIN = 0.05  # below this neighbour rate the atom rule counts no atom of a value
+CONFIRM_SHARE = 0.5  # an atom counts when more than this share of a neighbour's restarts find it
 
 
 def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
@@ -260,47 +260,65 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
     unexplained (README, dictionary recovery).
 
     That choice aims at the codes (latent MCC). A second choice aims at the atoms:
-    ``selected_{name}_atoms`` is the value whose restarts reproduce the most atoms at
-    |cos| ≥ 0.99 (:func:`superjax.metrics.reproducible_rate`; ties go to the higher score),
-    counting only atoms that are the data's rather than the value's own: a value whose
-    ``neighbour_rate`` (the fraction of its atoms that the restarts of the next smaller or larger
-    value find at |cos| ≥ 0.95, :func:`superjax.metrics.shared_rate`, the better neighbour) is
-    below 0.05 counts as reproducing none. TopK's k = 1 quantiser fails that test when K is large:
-    its restarts reproduce cluster centres that no k ≥ 2 finds. Where no value reproduces
-    anything that counts, the score decides. A sweep of one value has no neighbour to ask.
+    ``selected_{name}_atoms`` is the value with the highest ``confirmed_rate`` (ties go to the
+    higher score): the fraction of its atoms that the other restarts reproduce at |cos| ≥ 0.99
+    (:func:`superjax.metrics.reproducible_rate` counts these alone), each counted only where
+    most restarts of the next smaller or larger value also find it at |cos| ≥ 0.95. An atom of
+    the data survives a small change of the sparsity; one of the value's own making does not:
+    TopK's k = 1 quantiser reproduces cluster centres that no k ≥ 2 finds when K is large.
+    ``neighbour_rate`` is the per-value summary of that test (the share of its atoms the better
+    neighbour's restarts find, :func:`superjax.metrics.shared_rate`). A sweep of one value has no
+    neighbour to ask, and every reproduced atom counts.
     """
-    r = restarts
-    groups = [dictionaries[i * r:(i + 1) * r] for i in range(len(values))]
-    matches = [metrics.restart_matches(g) for g in groups]
-    agreement = [float(m.mean()) for m in matches]
-    reproduced = [float((m >= metrics.REPRODUCED_COS).mean()) for m in matches]
-    # Neighbours by value. One sweep's dictionaries share their width, so the Hungarian match of
-    # two neighbours is one-to-one both ways and each adjacent pair is scored once.
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    adjacent = [float(metrics.shared_rate(groups[a], groups[b], NEIGHBOUR_COS))
-                for a, b in itertools.pairwise(order)]
-    shared = [0.0] * len(values)
-    for at, i in enumerate(order):
-        shared[i] = max(adjacent[max(at - 1, 0):at + 1], default=1.0)
+    r, n = restarts, len(values)
+    if r < 2:
+        raise ValueError(f"selection by agreement needs at least two restarts, got {r}")
+    if len(dictionaries) != n * r:
+        raise ValueError(f"expected {n} values × {r} restarts = {n * r} dictionaries, got "
+                         f"{len(dictionaries)}")
+    members = [range(i * r, (i + 1) * r) for i in range(n)]
+    order = sorted(range(n), key=lambda i: values[i])
+    neighbours = [[order[p] for p in (order.index(i) - 1, order.index(i) + 1) if 0 <= p < n]
+                  for i in range(n)]
+    # Each atom's Hungarian-matched |cos| in the other restarts of its value and in those of
+    # the neighbouring values. One sweep's dictionaries share their width, so one matching
+    # per pair serves both sides.
+    cos = {}
+    pairs = [p for g in members for p in itertools.combinations(g, 2)]
+    pairs += [(x, y) for a, b in itertools.pairwise(order) for x in members[a] for y in members[b]]
+    for x, y in pairs:
+        cos[x, y], cos[y, x] = (np.asarray(c) for c in metrics.matched_both(
+            metrics.abs_cosine(dictionaries[x], dictionaries[y])))
+
+    def found(group, others, threshold):  # [restart, atom]: the share of ``others`` finding it
+        return np.array([np.mean([cos[x, y] >= threshold for y in others if y != x], axis=0)
+                         for x in group])
+
+    agreement = [float(np.mean([cos[p] for p in itertools.combinations(g, 2)])) for g in members]
+    reproduced = [found(g, g, metrics.REPRODUCED_COS) for g in members]
+    near = [[found(members[i], members[j], NEIGHBOUR_COS) for j in neighbours[i]]
+            for i in range(n)]
+    confirmed = [float(np.mean(rep * (np.max(f, axis=0) > CONFIRM_SHARE))) if f else
+                 float(np.mean(rep)) for rep, f in zip(reproduced, near, strict=True)]
     label = "λ" if name == "lam" else name
     rule = (f"the {label} whose restarts agree most (Hungarian-matched mean |cos| between their "
             "dictionaries)")
     out = {"restarts": r, f"{name}s": list(values), "seed_agreement": agreement,
-           "reproducible_rate": reproduced, "neighbour_rate": shared}
+           "reproducible_rate": [float(np.mean(rep)) for rep in reproduced],
+           "neighbour_rate": [max((float(np.mean(f)) for f in fs), default=1.0) for fs in near],
+           "confirmed_rate": confirmed}
     score = agreement
     if fvu is not None:
-        explained = [1.0 - float(np.mean(fvu[i * r:(i + 1) * r])) for i in range(len(values))]
+        explained = [1.0 - float(np.mean(fvu[i * r:(i + 1) * r])) for i in range(n)]
         score = [a * e for a, e in zip(agreement, explained, strict=True)]
         rule += ", weighted by the variance they explain: agreement × (1 − FVU)"
         out.update(explained_variance=explained, score=score)
-    best = max(range(len(values)), key=lambda i: score[i])
-    counted = [p if n >= NEIGHBOUR_MIN else 0.0 for p, n in zip(reproduced, shared, strict=True)]
-    atoms = max(range(len(values)), key=lambda i: (counted[i], score[i]))
+    best = max(range(n), key=lambda i: score[i])
+    atoms = max(range(n), key=lambda i: (confirmed[i], score[i]))
     return {"rule": rule, **out, f"selected_{name}": values[best],
-            "atoms_rule": (f"the {label} whose restarts reproduce the most atoms at "
-                           f"|cos| ≥ {metrics.REPRODUCED_COS}, none counted where a neighbouring "
-                           f"{label} finds under {NEIGHBOUR_MIN:g} of them at "
-                           f"|cos| ≥ {NEIGHBOUR_COS}"),
+            "atoms_rule": (f"the {label} with the most atoms that its restarts reproduce at "
+                           f"|cos| ≥ {metrics.REPRODUCED_COS} and that most restarts of a "
+                           f"neighbouring {label} find at |cos| ≥ {NEIGHBOUR_COS}"),
             f"selected_{name}_atoms": values[atoms]}
 
 

@@ -42,6 +42,7 @@ def test_dictionary_recovery_scores_both_k_rules_and_rescores_old_reports(tmp_pa
     # A report written before the atom rule is scored again from the final checkpoint: nothing
     # is retrained, and every member's scores come back unchanged.
     reproduced, shared = sel.pop("reproducible_rate"), sel.pop("neighbour_rate")
+    confirmed = sel.pop("confirmed_rate")
     del sel["selected_k_atoms"], sel["atoms_rule"]
     report_path.write_text(json.dumps(rep))
     log = (report_path.parent / "metrics.jsonl").read_text()
@@ -51,6 +52,7 @@ def test_dictionary_recovery_scores_both_k_rules_and_rescores_old_reports(tmp_pa
     assert again["resumed_from"] == rep["resumed_from"] and again["sweep"] == sweep
     assert again["k_selection"]["reproducible_rate"] == reproduced
     assert again["k_selection"]["neighbour_rate"] == shared
+    assert again["k_selection"]["confirmed_rate"] == confirmed
     assert again["k_selection"]["selected_k_atoms"] == row["selected_atoms"]
 
     # Re-selection needs the run's final checkpoint and a sweep with restarts.

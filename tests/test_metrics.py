@@ -103,6 +103,14 @@ def test_hungarian_matching_agrees_with_scipy():
     ours = float(jnp.sum(metrics.matched_scores(score)))
     rows, cols = linear_sum_assignment(np.asarray(score), maximize=True)
     assert ours == pytest.approx(float(np.asarray(score)[rows, cols].sum()), rel=1e-6)
+    # Both sides of the one matching: each matched row's and column's score, 0 where unmatched
+    # (three of the 15 columns).
+    by_row, by_col = (np.asarray(v) for v in metrics.matched_both(score))
+    expect_col = np.zeros(15, np.float32)
+    expect_col[cols] = np.asarray(score)[rows, cols]
+    np.testing.assert_allclose(by_row, np.asarray(score)[rows, cols], rtol=1e-6)
+    np.testing.assert_allclose(by_col, expect_col, rtol=1e-6)
+    assert (by_col == 0).sum() == 3
 
 
 def test_random_dictionary_chance_level_is_high_in_low_dimension():

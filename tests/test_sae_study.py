@@ -147,22 +147,37 @@ def test_the_atom_rule_picks_the_k_whose_restarts_reproduce_the_most_atoms():
     assert tie["reproducible_rate"] == [1.0, 1.0] and tie["selected_k_atoms"] == 2
 
 
-def test_the_atom_rule_skips_a_k_whose_atoms_no_neighbouring_k_finds():
+def test_the_atom_rule_counts_only_atoms_that_a_neighbouring_k_finds():
     # TopK's k = 1 quantiser at large K: its restarts reproduce cluster centres q exactly (rate
-    # 1), but k = 2 finds none of them. k = 2 and k = 3 reproduce 9 and 6 of the data's 12 atoms
-    # c, and find each other's. The values come unsorted: neighbours are by value.
+    # 1), but k = 2 finds only two of them (q0, q1). k = 2's restarts share six of the data's
+    # atoms c and those two centres; k = 3's share nine of c. The values come unsorted:
+    # neighbours are by value.
     key = jax.random.key(4)
-    c, q, other = (jax.random.normal(k, (32, 12)) for k in jax.random.split(key, 3))
-    two, three = c.at[:, 9:].set(other[:, 9:]), c.at[:, 6:].set(-other[:, 6:])
-    sel = sae_study.select_by_agreement((3, 1, 2), 2, [c, three, q, q, c, two], name="k")
-    assert sel["reproducible_rate"] == pytest.approx([0.5, 1.0, 0.75])
-    assert sel["neighbour_rate"][1] == 0.0 and sel["neighbour_rate"][2] > 0.5
+    c, q, *other = (jax.random.normal(k, (32, 12)) for k in jax.random.split(key, 6))
+    two = [c.at[:, 6:8].set(q[:, :2]).at[:, 8:].set(o[:, 8:]) for o in other[:2]]
+    three = [c.at[:, 9:].set(o[:, 9:]) for o in other[2:]]
+    sel = sae_study.select_by_agreement((3, 1, 2), 2, [*three, q, q, *two], name="k")
+    assert sel["reproducible_rate"] == pytest.approx([0.75, 1.0, 8 / 12])
+    # k = 1 passes a per-value test (k = 2 finds 2 of its 12 atoms), but per atom only q0 and
+    # q1 count; of k = 2's eight, all do (c0..c5 by k = 3, q0 and q1 by k = 1).
+    assert sel["neighbour_rate"][1] == pytest.approx(2 / 12)
+    assert sel["confirmed_rate"] == pytest.approx([6 / 12, 2 / 12, 8 / 12])
     assert sel["selected_k_atoms"] == 2
+    # "Most" of a neighbour's restarts: an atom that one of k = 3's two restarts finds does not
+    # count. Without c0..c5 in its second restart, k = 3 confirms none of k = 2's c atoms.
+    lone = [three[0], three[1].at[:, :6].set(other[0][:, :6])]
+    sel = sae_study.select_by_agreement((3, 1, 2), 2, [*lone, q, q, *two], name="k")
+    assert sel["confirmed_rate"][2] == pytest.approx(2 / 12)
     # Where no value reproduces atoms that count, agreement × (1 − FVU) decides; a sweep of one
     # value has no neighbour to ask.
-    alone = sae_study.select_by_agreement((1, 2), 2, [q, q, c, two], name="k",
+    alone = sae_study.select_by_agreement((1, 2), 2, [q, q, c, three[0]], name="k",
                                           fvu=[0.9, 0.9, 0.1, 0.1])
-    assert alone["neighbour_rate"] == [0.0, 0.0] and alone["score"][1] > alone["score"][0]
+    assert alone["confirmed_rate"] == [0.0, 0.0] and alone["score"][1] > alone["score"][0]
     assert alone["selected_k_atoms"] == 2
     one = sae_study.select_by_agreement((1,), 2, [q, q], name="k")
-    assert one["neighbour_rate"] == [1.0] and one["selected_k_atoms"] == 1
+    assert one["neighbour_rate"] == [1.0] and one["confirmed_rate"] == [1.0]
+    assert one["selected_k_atoms"] == 1
+    with pytest.raises(ValueError, match="at least two restarts"):
+        sae_study.select_by_agreement((1, 2), 1, [q, c], name="k")
+    with pytest.raises(ValueError, match="2 values × 2 restarts = 4 dictionaries, got 3"):
+        sae_study.select_by_agreement((1, 2), 2, [q, q, c], name="k")
