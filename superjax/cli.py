@@ -246,8 +246,8 @@ def _print_selection(rep: dict) -> None:
         rows.append(("atoms found at a neighbouring {} at |cos| ≥ 0.95", "neighbour_rate"))
         rows.append(("atoms reproduced at |cos| ≥ 0.99 per {}", "reproducible_rate"))
         rows.append(("of these, found by most restarts of a neighbouring {}", "confirmed_rate"))
-        chosen["confirmed_rate"] = (f"  -> for the atoms {label} = "
-                                    f"{sel[f'selected_{name}_atoms']:g}")
+        counted = "confirmed_rate" if name == "k" else "reproducible_rate"  # the atom rule's
+        chosen[counted] = f"  -> for the atoms {label} = {sel[f'selected_{name}_atoms']:g}"
         if "latent_mcc" in sel:
             rows.append(("latent MCC per {} (scored after the choice)", "latent_mcc"))
         for title, key in rows:

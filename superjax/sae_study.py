@@ -260,15 +260,16 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
     unexplained (README, dictionary recovery).
 
     That choice aims at the codes (latent MCC). A second choice aims at the atoms:
-    ``selected_{name}_atoms`` is the value with the highest ``confirmed_rate`` (ties go to the
-    higher score): the fraction of its atoms that the other restarts reproduce at |cos| ≥ 0.99
-    (:func:`superjax.metrics.reproducible_rate` counts these alone), each counted only where
-    most restarts of the next smaller or larger value also find it at |cos| ≥ 0.95. An atom of
-    the data survives a small change of the sparsity; one of the value's own making does not:
-    TopK's k = 1 quantiser reproduces cluster centres that no k ≥ 2 finds when K is large.
-    ``neighbour_rate`` is the per-value summary of that test (the share of its atoms the better
-    neighbour's restarts find, :func:`superjax.metrics.shared_rate`). A sweep of one value has no
-    neighbour to ask, and every reproduced atom counts.
+    ``selected_{name}_atoms`` is the value whose restarts reproduce the most atoms at
+    |cos| ≥ 0.99 (``reproducible_rate``, :func:`superjax.metrics.reproducible_rate`; ties go to
+    the higher score). For k an atom counts only where most restarts of the next smaller or
+    larger k also find it at |cos| ≥ 0.95 (``confirmed_rate``): an atom of the data survives a
+    small change of k, and TopK's k = 1 quantiser reproduces cluster centres that no k ≥ 2 finds
+    when K is large. λ has no such failure, and there the test only lost recovery (README,
+    dictionary recovery), so for λ ``confirmed_rate`` is reported but not used.
+    ``neighbour_rate`` summarises the test per value (the share of its atoms that the better
+    neighbour's restarts find, :func:`superjax.metrics.shared_rate`). A sweep of one value has
+    no neighbour to ask, and every reproduced atom counts.
     """
     r, n = restarts, len(values)
     if r < 2:
@@ -314,11 +315,14 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
         rule += ", weighted by the variance they explain: agreement × (1 − FVU)"
         out.update(explained_variance=explained, score=score)
     best = max(range(n), key=lambda i: score[i])
-    atoms = max(range(n), key=lambda i: (confirmed[i], score[i]))
-    return {"rule": rule, **out, f"selected_{name}": values[best],
-            "atoms_rule": (f"the {label} with the most atoms that its restarts reproduce at "
-                           f"|cos| ≥ {metrics.REPRODUCED_COS} and that most restarts of a "
-                           f"neighbouring {label} find at |cos| ≥ {NEIGHBOUR_COS}"),
+    counted = confirmed if name == "k" else out["reproducible_rate"]
+    atoms = max(range(n), key=lambda i: (counted[i], score[i]))
+    atoms_rule = (f"the {label} whose restarts reproduce the most atoms at "
+                  f"|cos| ≥ {metrics.REPRODUCED_COS}")
+    if name == "k":
+        atoms_rule += (f", counting those that most restarts of a neighbouring k find at "
+                       f"|cos| ≥ {NEIGHBOUR_COS}")
+    return {"rule": rule, **out, f"selected_{name}": values[best], "atoms_rule": atoms_rule,
             f"selected_{name}_atoms": values[atoms]}
 
 

@@ -174,6 +174,9 @@ def test_the_atom_rule_counts_only_atoms_that_a_neighbouring_k_finds():
                                           fvu=[0.9, 0.9, 0.1, 0.1])
     assert alone["confirmed_rate"] == [0.0, 0.0] and alone["score"][1] > alone["score"][0]
     assert alone["selected_k_atoms"] == 2
+    # λ has no quantiser: its reproduced atoms count as they are.
+    lam = sae_study.select_by_agreement((0.1, 0.3), 2, [q, q, c, three[0]])
+    assert lam["confirmed_rate"] == [0.0, 0.0] and lam["selected_lam_atoms"] == 0.1
     one = sae_study.select_by_agreement((1,), 2, [q, q], name="k")
     assert one["neighbour_rate"] == [1.0] and one["confirmed_rate"] == [1.0]
     assert one["selected_k_atoms"] == 1
