@@ -72,6 +72,9 @@ MERGE_TOL = 0.1
 #: directions, refitted by DROP_STEPS Levenberg–Marquardt steps) and drops a direction when it
 #: lowers the error by less than DROP_AIC times the share its parameters fit of pure noise.
 DROP_CLOSE, DROP_LARGEST, DROP_STEPS, DROP_AIC = 0.9, 8, 6, 2.0
+#: :func:`split_pairs` fits every direction with a twin by PAIR_STEPS Levenberg–Marquardt steps
+#: (the twin has to travel from SPLIT_ANGLE along a random perpendicular to the missing member).
+PAIR_STEPS = 20
 #: A drop by this factor between consecutive singular values of the Hessian span marks exact data.
 EXACT_GAP = 1e3
 #: Eigenvalues of the order-4 Hermite moment count as signal above this multiple of the noise edge.
@@ -590,7 +593,8 @@ def merge_redundant(model: ridge.RidgeModel, x: Float[Array, "b d"], tol: float,
 
 def _cluster_fit(cluster: ridge.RidgeModel, x, target, live, *, smoothing: float, steps: int):
     """Levenberg–Marquardt least squares of ``target`` by the ``live`` rows of a cluster of
-    directions, responses and directions jointly; returns the mean squared error at the end.
+    directions, responses and directions jointly; returns the mean squared error at the end and
+    the fitted cluster.
 
     A cluster has a few directions, so its Gauss–Newton system (directions and spline
     coefficients, a few hundred unknowns) is formed and solved exactly at every step: a few
@@ -641,20 +645,22 @@ def _cluster_fit(cluster: ridge.RidgeModel, x, target, live, *, smoothing: float
 
     p = pack(unpack(jnp.concatenate([cluster.directions.ravel(), cluster.coef.ravel()])))
     p, _, _ = jax.lax.fori_loop(0, steps, step, (p, loss(p, error(unpack(p))), 1e-3))
-    return jnp.mean(error(unpack(p)) ** 2)
+    return jnp.mean(error(unpack(p)) ** 2), unpack(p)
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
 def _cluster_errors(model: ridge.RidgeModel, directions, coef, x, targets, *, smoothing: float,
                     steps: int):
     """Errors of each cluster's best fit of its target (row of ``targets``), with all its rows
-    and without its last one (:func:`_cluster_fit`, both started from the current model)."""
+    and without its last one (:func:`_cluster_fit`, both started from the current model), and
+    the directions and responses of the fit with all rows."""
     def one(problem):
         cluster = model._replace(directions=problem[0], coef=problem[1])
         fit = functools.partial(_cluster_fit, cluster, x, problem[2], smoothing=smoothing,
                                 steps=steps)
         every = jnp.ones(problem[0].shape[0], bool)
-        return fit(every), fit(every.at[-1].set(False))
+        with_all, fitted = fit(every)
+        return with_all, fit(every.at[-1].set(False))[0], fitted.directions, fitted.coef
     # One cluster at a time: each is a few milliseconds, and a vmapped batch is no faster on CPU.
     return jax.lax.map(one, (directions, coef, targets))
 
@@ -693,14 +699,15 @@ def drop_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
         # Padded (repeating the first) to a multiple of 8 clusters: fewer distinct programs.
         idx = np.stack([groups[i] for i in which + which[:1] * (-len(which) % 8)])  # (t, size)
         targets = residual[None] + jnp.sum(resp[:, idx], axis=-1).T                  # (t, b)
-        with_all, without = _cluster_errors(model, model.directions[idx], model.coef[idx], x,
-                                            targets, smoothing=smoothing, steps=steps)
+        with_all, without, _, _ = _cluster_errors(model, model.directions[idx],
+                                                  model.coef[idx], x, targets,
+                                                  smoothing=smoothing, steps=steps)
         costs[which] = (np.asarray(without) / np.asarray(with_all))[: len(which)]
     return groups, costs
 
 
 def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: float = DROP_AIC,
-                   passes: int = 3) -> tuple[ridge.RidgeModel, int]:
+                   passes: int = 3, only=None) -> tuple[ridge.RidgeModel, int]:
     """Drops the weakest direction of every cluster that the rest of it can take over, and refits
     the model jointly (warm-started); a cluster that lost a direction is tested again, up to
     ``passes`` times.
@@ -712,11 +719,12 @@ def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: floa
     bar is 1.006 at d = 16). At d = 16, noise 0.01, redundant directions cost 1.003–1.016 and the
     weaker members of true pairs at Δ = 0.1 rad 1.028 and up: the bar errs towards keeping
     directions. At higher noise a member that the test cannot tell from noise is dropped too.
+    With ``only`` (row indices) the first pass tests only the clusters that hold one of them.
     Returns the model and the number dropped.
     """
     half = slice(None, None, 2)
     bar = 1 + factor * (model.directions.shape[1] + model.coef.shape[1]) / x[half].shape[0]
-    dropped, only = 0, None
+    dropped = 0
     for _ in range(passes):
         groups, costs = drop_costs(model, x[half], y[half], only=only)
         redundant = [c for c, cost in zip(groups, costs, strict=True) if cost < bar]
@@ -728,6 +736,61 @@ def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: floa
                           start=_rows(model, keep))
         dropped += len(redundant)
     return model, dropped
+
+
+def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], key, *,
+               steps: int = PAIR_STEPS, smoothing: float = 1e-6
+               ) -> tuple[np.ndarray, Array, Array]:
+    """What a twin adds to each direction: the mirror of :func:`drop_costs`.
+
+    Each direction u and a twin ``SPLIT_ANGLE`` rad away along a random perpendicular, each
+    starting with half of u's response, are fitted jointly to u's response plus the model's
+    residual (:func:`_cluster_fit`, responses and directions), and u alone is refitted to the same
+    target. The cost is the ratio of the two mean squared errors of the whole model (u alone over
+    the pair): ≈ 1 where u is one feature, more where u stands for a close pair whose second
+    member the search missed, and the fitted twin then lies on that member. Returns the costs and
+    the fitted pairs' directions (m, 2, d) and responses (m, 2, k).
+    """
+    v = np.asarray(ridge.unit(model.directions))
+    m = v.shape[0]
+    g = np.array(jax.random.normal(key, v.shape))
+    g -= np.sum(g * v, axis=1, keepdims=True) * v
+    twins = v + np.tan(SPLIT_ANGLE) * g / np.linalg.norm(g, axis=1, keepdims=True)
+    idx = np.arange(m)
+    idx = np.concatenate([idx, idx[:1].repeat(-m % 8)])  # a multiple of 8: fewer programs
+    resp = ridge.responses(model, x)
+    targets = (y - ridge.predict(model, x))[None] + resp[:, idx].T
+    half = model.coef[idx] / 2
+    with_pair, alone, directions, coef = _cluster_errors(
+        model, jnp.stack([jnp.asarray(v[idx]), jnp.asarray(twins[idx])], 1),
+        jnp.stack([half, half], 1), x, targets, smoothing=smoothing, steps=steps)
+    return (np.asarray(alone) / np.asarray(with_pair))[:m], directions[:m], coef[:m]
+
+
+def split_pairs(model: ridge.RidgeModel, x, y, key, *, extent: float,
+                factor: float = DROP_AIC) -> tuple[ridge.RidgeModel, int]:
+    """Replaces every direction whose twin pays for its parameters by the fitted pair
+    (:func:`pair_costs`), then refits the model jointly, warm-started from the pairs' fits.
+
+    The bar is :func:`drop_redundant`'s, Akaike's 1 + ``factor`` · (d + k) / b on every second
+    fit query, so a twin that the drop stage would remove is not added. Unlike :func:`split`,
+    which must pay off over the whole model, this finds the one or two pairs per hundred
+    directions that a search leaves merged once the rest are separated. Returns the model and
+    the number of directions split.
+    """
+    half = slice(None, None, 2)
+    m, d = model.directions.shape
+    k = model.coef.shape[1]
+    bar = 1 + factor * (d + k) / x[half].shape[0]
+    costs, directions, coef = pair_costs(model, x[half], y[half], key)
+    pairs = np.flatnonzero(costs > bar)
+    if not len(pairs):
+        return model, 0
+    keep = np.setdiff1d(np.arange(m), pairs)
+    start = model._replace(
+        directions=jnp.concatenate([model.directions[keep], directions[pairs].reshape(-1, d)]),
+        coef=jnp.concatenate([model.coef[keep], coef[pairs].reshape(-1, k)]))
+    return fit_ridge(start.directions, x, y, extent=extent, refine=True, start=start), len(pairs)
 
 
 def _tidy(model: ridge.RidgeModel, x, y, *, extent: float, refine: bool) -> ridge.RidgeModel:
@@ -808,6 +871,15 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
         model = fit_ridge(model.directions, x, y, extent=extent, refine=True, start=model)
         if config.drop:
             model, diag["dropped"] = drop_redundant(model, x, y, extent=extent)
+        if config.split:
+            # Pairs still merged, one at a time; then the new pairs' clusters face the drop test.
+            model, pairs = split_pairs(model, x, y, jax.random.fold_in(key, 2), extent=extent)
+            diag["pairs_split"] = pairs
+            if pairs and config.drop:
+                m = model.directions.shape[0]
+                model, dropped = drop_redundant(model, x, y, extent=extent,
+                                                only=np.arange(m - 2 * pairs, m))
+                diag["dropped"] += dropped
     return model.directions, model, diag
 
 

@@ -292,6 +292,29 @@ def test_split_separates_a_close_pair_and_leaves_a_good_fit_alone():
     assert not diag["split_accepted"] and same is exact, diag
 
 
+def test_split_pairs_finds_the_missing_member_of_a_close_pair():
+    # The search found one member of a Δ = 0.1 pair and missed the other; the two unrelated
+    # features are found. Only the member's twin pays for its parameters, and it lands on the
+    # missing member.
+    target, _ = _pair_target()
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(33))
+    x, y = R._fit_queries(orc, jax.random.key(34), 12_000, 1.0)
+    v = np.asarray(target.directions)
+    found = R.fit_ridge(v[[0, 2, 3]], x, y, extent=9.0, refine=True)
+    costs, _, _ = R.pair_costs(found, x[::2], y[::2], jax.random.key(35))
+    bar = 1 + 2 * (6 + 48) / 6_000
+    assert costs[0] > 2 and np.all((costs[1:] > 0.999) & (costs[1:] < bar)), costs
+    model, pairs = R.split_pairs(found, x, y, jax.random.key(35), extent=9.0)
+    assert pairs == 1 and model.directions.shape[0] == 4
+    cos = np.abs(v @ np.asarray(ridge.unit(model.directions)).T)
+    assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.99), cos
+    assert float(ridge.relative_mse(model, x, y)) < 0.1 * float(ridge.relative_mse(found, x, y))
+    # Started from the true directions no twin pays: the input comes back unchanged.
+    exact = R.fit_ridge(v, x, y, extent=9.0, refine=True)
+    same, pairs = R.split_pairs(exact, x, y, jax.random.key(35), extent=9.0)
+    assert pairs == 0 and same is exact
+
+
 def test_merge_redundant_drops_a_duplicate_but_not_a_distinct_pair():
     target, _ = _pair_target()
     x = jax.random.normal(jax.random.key(24), (8_000, 6))
