@@ -129,7 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--degenerate", type=int, default=0,
                    help="degenerate polynomial controls added to f (z, z², z³ in turn)")
     r.add_argument("--no-split", action="store_true",
-                   help="skip the split stage that separates close pairs (recovery.split)")
+                   help="skip the split stages that separate close pairs (recovery.split, "
+                        "recovery.split_pairs)")
     r.add_argument("--no-drop", action="store_true",
                    help="keep directions that their close neighbours can take over "
                         "(recovery.drop_redundant)")

@@ -101,7 +101,8 @@ class RecoveryConfig:
         the fitted responses cover twice the query scale).
       refine: refine directions jointly with the responses in the final fit.
       split: after the final fit, try splitting every direction in two (:func:`split`), which
-        separates close pairs (Δ ≲ 0.2 rad) that every search returns as one direction.
+        separates close pairs (Δ ≲ 0.2 rad) that every search returns as one direction, and
+        at the end each remaining direction on its own (:func:`split_pairs`).
       drop: with ``refine``, end by dropping directions that their close neighbours can take
         over (:func:`drop_redundant`): duplicates of one feature, or one too many in a cluster.
       scale: query scale s (queries x ~ N(0, s²I)).
@@ -846,8 +847,9 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
 def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: RecoveryConfig
            ) -> tuple[Array, ridge.RidgeModel, dict]:
     """Fits the ridge model on fresh queries, refines it, drops empty or redundant directions,
-    splits merged close pairs, refines the result once more (warm-started), and drops directions
-    that their close neighbours can take over (:func:`drop_redundant`, with ``config.drop``).
+    splits merged close pairs, refines the result once more (warm-started), drops directions
+    that their close neighbours can take over (:func:`drop_redundant`, with ``config.drop``),
+    and splits the pairs still merged one direction at a time (:func:`split_pairs`).
 
     Spurious candidates end with quadratic responses (~1e-7 of var f, against ≥ 1e-4 for true
     directions at noise 0.01) and are pruned. Close directions are merged only when one ridge
