@@ -369,9 +369,13 @@ def test_cluster_fit_converges_in_a_few_gauss_newton_steps():
     start = truth._replace(coef=0.8 * truth.coef, directions=ridge.unit(
         v + 0.05 * jax.random.normal(jax.random.key(43), v.shape)))
     live = jnp.ones(3, bool)
-    error = lambda steps: float(R._cluster_fit(start, x, y, live, smoothing=0.0, steps=steps))  # noqa: E731
+    error = lambda steps: float(R._cluster_fit(start, x, y, live, smoothing=0.0, steps=steps)[0])  # noqa: E731
     assert error(0) > 1e-2 * float(jnp.var(y))
     assert error(10) < 1e-7 * float(jnp.var(y))
+    # The fitted cluster comes back with the error: its directions are the true ones.
+    _, fitted = R._cluster_fit(start, x, y, live, smoothing=0.0, steps=10)
+    cos = np.abs(np.sum(np.asarray(ridge.unit(fitted.directions)) * np.asarray(v), axis=1))
+    assert np.all(cos > 1 - 1e-6), cos
 
 
 def test_drop_redundant_removes_a_third_direction_from_a_close_pair():
