@@ -739,6 +739,13 @@ def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: floa
     return model, dropped
 
 
+def _twins(v: np.ndarray, key) -> np.ndarray:
+    """Each row of ``v`` moved ``SPLIT_ANGLE`` rad along a random perpendicular (unnormalised)."""
+    g = np.asarray(jax.random.normal(key, v.shape))
+    g = g - np.sum(g * v, axis=1, keepdims=True) * v
+    return v + np.tan(SPLIT_ANGLE) * g / np.linalg.norm(g, axis=1, keepdims=True)
+
+
 def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], key, *,
                steps: int = PAIR_STEPS, smoothing: float = 1e-6
                ) -> tuple[np.ndarray, Array, Array]:
@@ -754,9 +761,7 @@ def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
     """
     v = np.asarray(ridge.unit(model.directions))
     m = v.shape[0]
-    g = np.array(jax.random.normal(key, v.shape))
-    g -= np.sum(g * v, axis=1, keepdims=True) * v
-    twins = v + np.tan(SPLIT_ANGLE) * g / np.linalg.norm(g, axis=1, keepdims=True)
+    twins = _twins(v, key)
     idx = np.arange(m)
     idx = np.concatenate([idx, idx[:1].repeat(-m % 8)])  # a multiple of 8: fewer programs
     resp = ridge.responses(model, x)
@@ -827,9 +832,7 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
     """
     v = np.asarray(model.directions)
     before = float(ridge.relative_mse(model, x, y))
-    g = np.asarray(jax.random.normal(key, v.shape))
-    g = g - np.sum(g * v, axis=1, keepdims=True) * v
-    twins = v + np.tan(SPLIT_ANGLE) * g / np.linalg.norm(g, axis=1, keepdims=True)
+    twins = _twins(v, key)
     doubled = fit_ridge(np.concatenate([v, twins]), x, y, extent=extent, refine=True, start=model)
     after = float(ridge.relative_mse(doubled, x, y))
     diag = {"split_error_before": before, "split_error_doubled": after, "split_accepted": False}
