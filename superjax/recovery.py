@@ -741,9 +741,43 @@ def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: floa
 
 def _twins(v: np.ndarray, key) -> np.ndarray:
     """Each row of ``v`` moved ``SPLIT_ANGLE`` rad along a random perpendicular (unnormalised)."""
-    g = np.asarray(jax.random.normal(key, v.shape))
-    g = g - np.sum(g * v, axis=1, keepdims=True) * v
-    return v + np.tan(SPLIT_ANGLE) * g / np.linalg.norm(g, axis=1, keepdims=True)
+    return _moved(v, np.asarray(jax.random.normal(key, v.shape)))
+
+
+def _moved(v: np.ndarray, w) -> np.ndarray:
+    """Each row of ``v`` moved ``SPLIT_ANGLE`` rad along the part of ``w`` perpendicular to it."""
+    w = w - np.sum(w * v, axis=1, keepdims=True) * v
+    return v + np.tan(SPLIT_ANGLE) * w / np.linalg.norm(w, axis=1, keepdims=True)
+
+
+@jax.jit
+def aims(v: Float[Array, "m d"], x: Float[Array, "b d"], residual: Float[Array, " b"]
+         ) -> Float[Array, "m d"]:
+    """For each unit direction u, the perpendicular w along which the residual varies most with
+    x near u: where u stands for a close pair, or for one member of it, the missing member.
+
+    A member at u cos Δ + w sin Δ that the model misses leaves, in powers of Δ, a residual
+    c₁(uᵀx) wᵀx + c₂(uᵀx) (wᵀx)² + …. Its moments against functions φ of uᵀx and the part
+    x⊥ of x perpendicular to u, B = E[r φ x⊥] and A = E[r φ (x⊥x⊥ᵀ − tr/(d − 1))], are ∝ w and
+    ∝ wwᵀ whatever c₁ and c₂ are (x⊥ is independent of uᵀx for Gaussian queries). w is the top
+    eigenvector of Σ_φ (BBᵀ + AAᵀ) over φ = He₁, He₂, He₃ of the standardised uᵀx (He₀ would
+    not localise to u). Returns unit rows w.
+    """
+    d = v.shape[1]
+    z = x @ v.T                                                      # (b, m)
+    t = z / jnp.std(z, axis=0)
+    phi = jnp.stack([t, t**2 - 1, t**3 - 3 * t], axis=-1) * residual[:, None, None]  # (b, m, 3)
+
+    def one(args):
+        u, p = args                                                  # (d,), (b, 3)
+        proj = jnp.eye(d) - jnp.outer(u, u)
+        xp = x @ proj                                                # x⊥
+        b = p.T @ xp / x.shape[0]                                    # (3, d)
+        a = jnp.einsum("bj,bi,bl->jil", p, xp, xp) / x.shape[0]      # (3, d, d)
+        a = a - jnp.trace(a, axis1=1, axis2=2)[:, None, None] / (d - 1) * proj
+        moment = b.T @ b + jnp.einsum("jil,jkl->ik", a, a)
+        return jnp.linalg.eigh(moment)[1][:, -1]
+    return jax.lax.map(one, (v, jnp.moveaxis(phi, 1, 0)))
 
 
 def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], key, *,
@@ -751,26 +785,32 @@ def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
                ) -> tuple[np.ndarray, Array, Array]:
     """What a twin adds to each direction: the mirror of :func:`drop_costs`.
 
-    Each direction u and a twin ``SPLIT_ANGLE`` rad away along a random perpendicular, each
-    starting with half of u's response, are fitted jointly to u's response plus the model's
-    residual (:func:`_cluster_fit`, responses and directions), and u alone is refitted to the same
-    target. The cost is the ratio of the two mean squared errors of the whole model (u alone over
-    the pair): ≈ 1 where u is one feature, more where u stands for a close pair whose second
-    member the search missed, and the fitted twin then lies on that member. Returns the costs and
-    the fitted pairs' directions (m, 2, d) and responses (m, 2, k).
+    Each direction u and a twin ``SPLIT_ANGLE`` rad away, each starting with half of u's
+    response, are fitted jointly to u's response plus the model's residual (:func:`_cluster_fit`,
+    responses and directions), and u alone is refitted to the same target. Three twins are tried
+    (u moved either way along its :func:`aims` direction, and along a random perpendicular) and
+    the best kept. The cost is the ratio of the two mean squared errors of the whole model (u
+    alone over the pair): ≈ 1 where u is one feature, more where u stands for a close pair whose
+    second member the search missed, and the fitted twin then lies on that member. Returns the
+    costs and the fitted pairs' directions (m, 2, d) and responses (m, 2, k).
     """
     v = np.asarray(ridge.unit(model.directions))
     m = v.shape[0]
-    twins = _twins(v, key)
-    idx = np.arange(m)
-    idx = np.concatenate([idx, idx[:1].repeat(-m % 8)])  # a multiple of 8: fewer programs
+    residual = y - ridge.predict(model, x)
+    w = np.asarray(aims(jnp.asarray(v), x, residual))
+    twins = np.concatenate([_moved(v, w), _moved(v, -w), _twins(v, key)])      # (3m, d)
+    idx = np.tile(np.arange(m), 3)
+    pad = -len(idx) % 8                                      # a multiple of 8: fewer programs
+    idx, twins = np.concatenate([idx, idx[:pad]]), np.concatenate([twins, twins[:pad]])
     resp = ridge.responses(model, x)
-    targets = (y - ridge.predict(model, x))[None] + resp[:, idx].T
+    targets = residual[None] + resp[:, idx].T
     half = model.coef[idx] / 2
     with_pair, alone, directions, coef = _cluster_errors(
-        model, jnp.stack([jnp.asarray(v[idx]), jnp.asarray(twins[idx])], 1),
+        model, jnp.stack([jnp.asarray(v[idx]), jnp.asarray(twins)], 1),
         jnp.stack([half, half], 1), x, targets, smoothing=smoothing, steps=steps)
-    return (np.asarray(alone) / np.asarray(with_pair))[:m], directions[:m], coef[:m]
+    costs = (np.asarray(alone) / np.asarray(with_pair))[: 3 * m].reshape(3, m)
+    best = np.argmax(costs, axis=0) * m + np.arange(m)
+    return costs.max(0), directions[best], coef[best]
 
 
 def split_pairs(model: ridge.RidgeModel, x, y, key, *, extent: float,
