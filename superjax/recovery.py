@@ -73,7 +73,8 @@ MERGE_TOL = 0.1
 #: lowers the error by less than DROP_AIC times the share its parameters fit of pure noise.
 DROP_CLOSE, DROP_LARGEST, DROP_STEPS, DROP_AIC = 0.9, 8, 6, 2.0
 #: :func:`split_pairs` fits every direction with a twin by PAIR_STEPS Levenberg–Marquardt steps
-#: (the twin has to travel from SPLIT_ANGLE along a random perpendicular to the missing member).
+#: (the twin travels from SPLIT_ANGLE along its aim, or a random perpendicular, to the missing
+#: member).
 PAIR_STEPS = 20
 #: A drop by this factor between consecutive singular values of the Hessian span marks exact data.
 EXACT_GAP = 1e3
