@@ -651,20 +651,24 @@ def _cluster_fit(cluster: ridge.RidgeModel, x, target, live, *, smoothing: float
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
-def _cluster_errors(model: ridge.RidgeModel, directions, coef, x, targets, *, smoothing: float,
-                    steps: int):
-    """Errors of each cluster's best fit of its target (row of ``targets``), with all its rows
-    and without its last one (:func:`_cluster_fit`, both started from the current model), and
-    the directions and responses of the fit with all rows."""
+def _cluster_refits(model: ridge.RidgeModel, x, directions, coef, targets, live, *,
+                    smoothing: float, steps: int):
+    """Each cluster's best fit of its target (row of ``targets``) by its ``live`` rows
+    (:func:`_cluster_fit`, started from the given directions and responses): the mean squared
+    errors, and the fitted directions and responses."""
     def one(problem):
-        cluster = model._replace(directions=problem[0], coef=problem[1])
-        fit = functools.partial(_cluster_fit, cluster, x, problem[2], smoothing=smoothing,
-                                steps=steps)
-        every = jnp.ones(problem[0].shape[0], bool)
-        with_all, fitted = fit(every)
-        return with_all, fit(every.at[-1].set(False))[0], fitted.directions, fitted.coef
+        directions, coef, target = problem
+        error, fitted = _cluster_fit(model._replace(directions=directions, coef=coef), x, target,
+                                     live, smoothing=smoothing, steps=steps)
+        return error, fitted.directions, fitted.coef
     # One cluster at a time: each is a few milliseconds, and a vmapped batch is no faster on CPU.
     return jax.lax.map(one, (directions, coef, targets))
+
+
+def _padded8(*arrays):
+    """Each array with its first rows repeated to a multiple of 8 rows: fewer distinct programs."""
+    pad = -len(arrays[0]) % 8
+    return [jnp.concatenate([a, a[np.arange(pad) % len(a)]]) for a in arrays]
 
 
 def clusters(model: ridge.RidgeModel, close: float = DROP_CLOSE) -> list[np.ndarray]:
@@ -698,12 +702,13 @@ def drop_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
     residual = y - ridge.predict(model, x)
     for size in sorted({len(c) for c in groups}):  # one compiled fit per cluster size
         which = [i for i, c in enumerate(groups) if len(c) == size]
-        # Padded (repeating the first) to a multiple of 8 clusters: fewer distinct programs.
-        idx = np.stack([groups[i] for i in which + which[:1] * (-len(which) % 8)])  # (t, size)
-        targets = residual[None] + jnp.sum(resp[:, idx], axis=-1).T                  # (t, b)
-        with_all, without, _, _ = _cluster_errors(model, model.directions[idx],
-                                                  model.coef[idx], x, targets,
-                                                  smoothing=smoothing, steps=steps)
+        idx = np.stack([groups[i] for i in which])                                    # (t, size)
+        problem = _padded8(model.directions[idx], model.coef[idx],
+                           residual[None] + jnp.sum(resp[:, idx], axis=-1).T)
+        every = jnp.ones(size, bool)
+        fit = functools.partial(_cluster_refits, model, x, *problem, smoothing=smoothing,
+                                steps=steps)
+        with_all, without = fit(every)[0], fit(every.at[-1].set(False))[0]
         costs[which] = (np.asarray(without) / np.asarray(with_all))[: len(which)]
     return groups, costs
 
@@ -788,9 +793,11 @@ def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
 
     Each direction u and a twin ``SPLIT_ANGLE`` rad away, each starting with half of u's
     response, are fitted jointly to u's response plus the model's residual (:func:`_cluster_fit`,
-    responses and directions), and u alone is refitted to the same target. Three twins are tried
-    (u moved either way along its :func:`aims` direction, and along a random perpendicular) and
-    the best kept. The cost is the ratio of the two mean squared errors of the whole model (u
+    responses and directions), and u alone, from the same start, to the same target. Two twins
+    are tried, u moved along its :func:`aims` direction and along a random perpendicular, and the
+    best kept. (The aim's sign does not matter: from either side the fit carries the twin to the
+    missing member, and the costs agree to 1e-3; the random twin sometimes finds a weak pair that
+    the aim misses.) The cost is the ratio of the two mean squared errors of the whole model (u
     alone over the pair): ≈ 1 where u is one feature, more where u stands for a close pair whose
     second member the search missed, and the fitted twin then lies on that member. Returns the
     costs and the fitted pairs' directions (m, 2, d) and responses (m, 2, k).
@@ -799,17 +806,19 @@ def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
     m = v.shape[0]
     residual = y - ridge.predict(model, x)
     w = np.asarray(aims(jnp.asarray(v), x, residual))
-    twins = np.concatenate([_moved(v, w), _moved(v, -w), _twins(v, key)])      # (3m, d)
-    idx = np.tile(np.arange(m), 3)
-    pad = -len(idx) % 8                                      # a multiple of 8: fewer programs
-    idx, twins = np.concatenate([idx, idx[:pad]]), np.concatenate([twins, twins[:pad]])
+    twins = np.concatenate([_moved(v, w), _twins(v, key)])                      # (2m, d)
     resp = ridge.responses(model, x)
-    targets = residual[None] + resp[:, idx].T
-    half = model.coef[idx] / 2
-    with_pair, alone, directions, coef = _cluster_errors(
-        model, jnp.stack([jnp.asarray(v[idx]), jnp.asarray(twins)], 1),
-        jnp.stack([half, half], 1), x, targets, smoothing=smoothing, steps=steps)
-    costs = (np.asarray(alone) / np.asarray(with_pair))[: 3 * m].reshape(3, m)
+    targets = residual[None] + resp.T                                           # (m, b)
+    half = model.coef / 2
+    fit = functools.partial(_cluster_refits, model, x, smoothing=smoothing, steps=steps)
+    alone = fit(*_padded8(jnp.asarray(v)[:, None], half[:, None], targets),
+                live=jnp.ones(1, bool))[0][:m]
+    idx = np.tile(np.arange(m), 2)
+    with_pair, directions, coef = fit(
+        *_padded8(jnp.stack([jnp.asarray(v[idx]), jnp.asarray(twins)], 1),
+                  jnp.stack([half[idx], half[idx]], 1), targets[idx]),
+        live=jnp.ones(2, bool))
+    costs = np.asarray(alone) / np.asarray(with_pair)[: 2 * m].reshape(2, m)
     best = np.argmax(costs, axis=0) * m + np.arange(m)
     return costs.max(0), directions[best], coef[best]
 
