@@ -3,10 +3,13 @@
     python experiments/recovery_vs_overcompleteness.py --dims 16 --seeds 2
     python experiments/recovery_vs_overcompleteness.py --full      # the issue's grid; hours on CPU
 
-Three sub-grids, every method, ``--seeds`` seeds each (a row is one ``superjax recover`` run):
+Four sub-grids, every method, ``--seeds`` seeds each (a row is one ``superjax recover`` run). The
+first family in ``--responses`` (default mixed: ReLU, tanh, sin and bump) is the reference:
 
 * overcompleteness: every n/d in ``--ratios`` on uniform directions and on clustered pairs at every
   Δ in ``--deltas``, at the reference noise ``--noise``;
+* responses: every further family in ``--responses`` (e.g. relu,tanh,sigmoid,sin,bump,abs: each
+  target has only that response) at every n/d, uniform directions, reference noise;
 * noise: every level in ``--noises`` at n/d = ``--at-ratio``, uniform directions;
 * budget: every multiple in ``--budget-scales`` of each method's budget, at every n/d, uniform
   directions, reference noise: queries to 90 % recovery is the smallest budget whose seed-mean
@@ -14,7 +17,8 @@ Three sub-grids, every method, ``--seeds`` seeds each (a row is one ``superjax r
 
 Writes OUT/results.json (rows + summaries), OUT/table.csv, OUT/table.md (seed means) and four
 PNGs: recovery vs n/d (one panel per geometry), queries to 90 % vs n/d, recovery vs noise and
-recovery vs Δ. Runs resume: rows
+recovery vs Δ, and a fifth, recovery vs n/d per response family, when there are several. Runs
+resume: rows
 already in OUT/results.json are not recomputed, so a grid can be extended a seed at a time;
 --collect only tabulates and plots the rows there.
 """
@@ -30,7 +34,7 @@ import time
 
 import numpy as np
 
-from superjax import recovery, report
+from superjax import oracle, recovery, recovery_study, report
 from superjax.plots import _pyplot, _save
 from superjax.recovery_study import SETTING, RecoverConfig, queries_to_reach, run, summarise
 
@@ -46,7 +50,7 @@ BUDGET = {"fourier": lambda d: 200_000 if d <= 8 else 400_000 if d <= 16 else 80
 
 def _key(row: dict) -> tuple:
     """What identifies a run in results.json (see recovery_study.SETTING)."""
-    return tuple(row[k] for k in SETTING)
+    return recovery_study.setting(row)
 
 
 def _list(kind):
@@ -54,12 +58,14 @@ def _list(kind):
 
 
 def settings(args) -> list[dict]:
-    """The union of the three sub-grids, seed-major (a partial run covers every setting once)."""
+    """The union of the four sub-grids, seed-major (a partial run covers every setting once)."""
     out = {}
 
-    def add(method, d, ratio, directions, delta, noise, seed, scale=1.0):
-        s = dict(method=method, d=d, n=max(1, int(round(ratio * d))), directions=directions,
-                 delta=delta, noise=noise, seed=seed,
+    reference = args.responses[0]
+
+    def add(method, d, ratio, directions, delta, noise, seed, scale=1.0, responses=reference):
+        s = dict(method=method, d=d, n=max(1, int(round(ratio * d))), responses=responses,
+                 directions=directions, delta=delta, noise=noise, seed=seed,
                  budget=int(round(scale * BUDGET[method](d))))
         out.setdefault(_key(s), s)
 
@@ -75,6 +81,10 @@ def settings(args) -> list[dict]:
                 for scale in args.budget_scales:
                     for ratio in args.ratios:
                         add(method, d, ratio, "uniform", 0.3, args.noise, seed, scale)
+                for responses in args.responses[1:]:
+                    for ratio in args.ratios:
+                        add(method, d, ratio, "uniform", 0.3, args.noise, seed,
+                            responses=responses)
     return list(out.values())
 
 
@@ -108,6 +118,8 @@ def _log2(ax):
 def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
     plt = _pyplot()
     label = lambda r: f"{r['method']} d={r['d']}"  # noqa: E731
+    at_budget = [r for r in rows if r["budget"] == BUDGET[r["method"]](r["d"])]
+    rows = [r for r in rows if r["responses"] == args.responses[0]]
     ref = [r for r in rows if r["noise"] == args.noise and r["budget"] == BUDGET[r["method"]](
         r["d"])]
     paths = []
@@ -127,7 +139,8 @@ def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
     paths.append(_save(fig, out / "recovery_vs_overcompleteness.png"))
     # 2. queries to 90 % vs n/d (only where a budget sweep ran: more than one budget tried)
     fig, ax = plt.subplots(figsize=(5.6, 4.0))
-    for i, curve in enumerate(queries_to_reach(rows, 0.9, noise=args.noise)):
+    for i, curve in enumerate(queries_to_reach(rows, 0.9, noise=args.noise,
+                                               responses=args.responses[0])):
         pts = [p for p in curve["points"] if len(p["budgets_tried"]) > 1]
         if not pts:
             continue
@@ -167,6 +180,18 @@ def plots(rows: list[dict], args, out: pathlib.Path) -> list[pathlib.Path]:
             ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(_save(fig, out / f"{name}.png"))
+    # 5. recovery vs n/d per response family (uniform directions, reference noise)
+    families = [r for r in at_budget if r["directions"] == "uniform" and r["noise"] == args.noise]
+    if len({r["responses"] for r in families}) > 1:
+        fig, ax = plt.subplots(figsize=(5.6, 4.0))
+        _lines(ax, families, lambda r: r["n"] / r["d"],
+               lambda r: f"{r['responses']}, {label(r)}")
+        _log2(ax)
+        ax.set(xlabel="n / d", ylabel="recovery rate (|cos| ≥ 0.99)",
+               title=f"one response family per target, uniform, noise {args.noise}")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        paths.append(_save(fig, out / "recovery_vs_responses.png"))
     return paths
 
 
@@ -176,11 +201,11 @@ def markdown(settings: list[dict]) -> str:
         lo, hi = s[key + "_min"], s[key + "_max"]
         return fmt.format(s[key]) + ("" if lo == hi else f" ({fmt.format(lo)}–{fmt.format(hi)})")
 
-    header = ["method", "d", "n", "n/d", "directions", "noise", "budget", "seeds",
+    header = ["method", "d", "n", "n/d", "responses", "directions", "noise", "budget", "seeds",
               "recovery ≥ 0.99", "≥ 0.95", "one-to-one ≥ 0.99", "false", "f rel. MSE", "s"]
-    order = sorted(settings, key=lambda s: (s["method"], s["d"], s["directions"], s["delta"],
-                                            s["noise"], s["budget"], s["n"]))
-    body = [[s["method"], str(s["d"]), str(s["n"]), f"{s['n'] / s['d']:g}",
+    order = sorted(settings, key=lambda s: (s["method"], s["d"], s["responses"], s["directions"],
+                                            s["delta"], s["noise"], s["budget"], s["n"]))
+    body = [[s["method"], str(s["d"]), str(s["n"]), f"{s['n'] / s['d']:g}", s["responses"],
              s["directions"] + (f" Δ={s['delta']:g}" if s["directions"] == "clustered" else ""),
              f"{s['noise']:g}", str(s["budget"]), str(s["seeds"]),
              rng(s, "recovery_rate_099", "{:.3f}"), rng(s, "recovery_rate_095", "{:.3f}"),
@@ -200,6 +225,9 @@ def main(argv=None) -> int:
     p.add_argument("--noises", type=_list(float), default=(0.0, 0.01, 0.1))
     p.add_argument("--at-ratio", type=float, default=2.0, help="n/d of the noise and Δ sweeps")
     p.add_argument("--budget-scales", type=_list(float), default=(0.25, 0.5, 1.0))
+    p.add_argument("--responses", type=_list(str), default=("mixed",),
+                   help="response families; the first is the reference of the other sub-grids, "
+                        "the others run at every n/d on uniform directions")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--full", action="store_true", help="d ∈ {8, 16, 32}, 3 seeds")
     p.add_argument("--collect", action="store_true",
@@ -209,11 +237,19 @@ def main(argv=None) -> int:
     for m in args.methods:
         if m not in recovery.METHODS:
             p.error(f"unknown method {m!r}; choose from {', '.join(recovery.METHODS)}")
+    for r in args.responses:
+        if r not in oracle.RESPONSE_MIXES:
+            p.error(f"unknown response family {r!r}; choose from "
+                    f"{', '.join(oracle.RESPONSE_MIXES)}")
+    if not args.responses:
+        p.error("--responses needs at least one family")
     if args.full:
         args.dims, args.seeds = (8, 16, 32), max(args.seeds, 3)
     args.out.mkdir(parents=True, exist_ok=True)
     done_path = args.out / "results.json"
     old = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
+    for r in old:  # rows from before the responses sub-grid ran the mixed targets
+        r.setdefault("responses", "mixed")
     done = {_key(r): r for r in old}
     rows, start = [], time.perf_counter()
     todo = settings(args)
@@ -237,7 +273,7 @@ def main(argv=None) -> int:
         done[_key(s)] = row
         eta = (time.perf_counter() - start) / (i + 1) * (len(fresh) - i - 1)
         print(f"[{i + 1}/{len(fresh)}] {s['method']:8s} d={s['d']:3d} n={s['n']:4d} "
-              f"{s['directions']:9s} Δ={s['delta']:<4g} noise={s['noise']:<5g} "
+              f"{s['responses']:7s} {s['directions']:9s} Δ={s['delta']:<4g} noise={s['noise']:<5g} "
               f"budget={s['budget']:<8d} seed={s['seed']} rate99={row['recovery_rate_099']:.3f} "
               f"false={row['false_directions']} rel_mse={row['f_rel_mse']:.2e} "
               f"{row['seconds']:.0f}s  ETA {eta / 60:.1f} min", flush=True)
@@ -245,7 +281,8 @@ def main(argv=None) -> int:
                                       "environment": report.environment()})
     rows = list(done.values())
     summary = {"settings": summarise(rows),
-               "queries_to_90": queries_to_reach(rows, 0.9, noise=args.noise)}
+               "queries_to_90": queries_to_reach(rows, 0.9, noise=args.noise,
+                                                 responses=args.responses[0])}
     report.write_json(done_path, {"rows": rows, "summary": summary,
                                   "environment": report.environment()})
     with open(args.out / "table.csv", "w", newline="") as fh:

@@ -69,13 +69,19 @@ def run(config: RecoverConfig, out: pathlib.Path | None = None, progress=None) -
 
 
 #: The fields that identify one run of a grid (everything but the outcome).
-SETTING = ("method", "d", "n", "directions", "delta", "noise", "seed", "budget")
+SETTING = ("method", "d", "n", "responses", "directions", "delta", "noise", "seed", "budget")
+
+
+def setting(row: dict, fields: tuple[str, ...] = SETTING) -> tuple:
+    """A row's ``fields``; a field missing from a row written before it existed takes its
+    :class:`RecoverConfig` default (rows without "responses" ran the mixed targets)."""
+    return tuple(row.get(f, getattr(RecoverConfig, f)) for f in fields)
 
 
 def _groups(rows: list[dict], fields: tuple[str, ...]) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = {}
     for r in rows:
-        out.setdefault(tuple(r[f] for f in fields), []).append(r)
+        out.setdefault(setting(r, fields), []).append(r)
     return out
 
 
@@ -96,10 +102,13 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def queries_to_reach(rows: list[dict], level: float, *, noise: float) -> list[dict]:
-    """Per method and d on uniform directions at ``noise``: for every n, the smallest budget whose
-    seed-mean recovery rate (|cos| ≥ 0.99) reaches ``level`` (None when no tried budget does)."""
-    sel = [r for r in rows if r["directions"] == "uniform" and r["noise"] == noise]
+def queries_to_reach(rows: list[dict], level: float, *, noise: float,
+                     responses: str = "mixed") -> list[dict]:
+    """Per method and d on uniform directions with ``responses`` at ``noise``: for every n, the
+    smallest budget whose seed-mean recovery rate (|cos| ≥ 0.99) reaches ``level`` (None when no
+    tried budget does)."""
+    sel = [r for r in rows if setting(r, ("directions", "noise", "responses"))
+           == ("uniform", noise, responses)]
     out = []
     for (method, d), group in sorted(_groups(sel, ("method", "d")).items()):
         points = []

@@ -62,3 +62,46 @@ def test_dictionary_recovery_scores_both_k_rules_and_rescores_old_reports(tmp_pa
         sae_study.reselect(dataclasses.replace(cfg, steps=120), report_path.parent)
     with pytest.raises(ValueError, match="not a sweep with restarts"):
         sae_study.reselect(dataclasses.replace(cfg, restarts=1), report_path.parent)
+
+
+def test_recovery_grid_adds_a_response_family_subgrid_and_resumes_older_rows(tmp_path, capsys):
+    """The grid's bookkeeping (recovery itself is tested in test_recovery): which settings run,
+    which resume, and how rows written before the responses field was added are read."""
+    script = _script("recovery_vs_overcompleteness")
+    calls = []
+
+    def fake_run(cfg):  # a stand-in recovery: its rate tells the families apart
+        calls.append(cfg)
+        rate = {"mixed": 1.0, "relu": 0.5, "abs": 0.25}[cfg.responses]
+        return {"recovery_rate_099": rate, "recovery_rate_095": rate, "matched_rate_099": rate,
+                "false_directions": 0, "mean_angle_deg": 0.1, "f_rel_mse": 1e-4,
+                "f_rel_mse_2x": 2e-4, "queries": cfg.budget, "seconds": 1.0, "diagnostics": {}}
+
+    script.run = fake_run
+    argv = ["--methods", "fourier", "--dims", "8", "--ratios", "1,2", "--deltas", "0.3",
+            "--noises", "0.01", "--budget-scales", "1", "--seeds", "1", "--out", str(tmp_path)]
+    script.main(argv)
+    first = {(c.responses, c.directions, c.n) for c in calls}
+    assert first == {("mixed", g, n) for g in ("uniform", "clustered") for n in (8, 16)}
+    # Rows from before the field existed ran the mixed targets: they are not run again.
+    results = tmp_path / "results.json"
+    data = json.loads(results.read_text())
+    for row in data["rows"]:
+        del row["responses"]
+    results.write_text(json.dumps(data))
+    calls.clear()
+    script.main(argv + ["--responses", "mixed,relu,abs"])
+    assert sorted((c.responses, c.n) for c in calls) == [
+        ("abs", 8), ("abs", 16), ("relu", 8), ("relu", 16)]
+    assert all(c.directions == "uniform" and c.noise == 0.01 for c in calls)
+    rows = json.loads(results.read_text())["rows"]
+    assert len(rows) == 8 and {r["responses"] for r in rows} == {"mixed", "relu", "abs"}
+    table = (tmp_path / "table.md").read_text()
+    assert "| relu | uniform |" in table and "| abs | uniform |" in table
+    assert (tmp_path / "recovery_vs_responses.png").stat().st_size > 0
+    # The budget curve and the geometry panels use the reference family only.
+    (curve,) = json.loads(results.read_text())["summary"]["queries_to_90"]
+    assert [p["queries"] for p in curve["points"]] == [200_000, 200_000]  # mixed: rate 1
+    with pytest.raises(SystemExit):
+        script.main(argv + ["--responses", "mixed,cosine"])
+    assert "unknown response family 'cosine'" in capsys.readouterr().err
