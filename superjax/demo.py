@@ -309,11 +309,14 @@ def _digits_text(rep: dict, cfg) -> str:
           report.fmt(rep["intrusion_chance"], 2),
           f"{report.fmt(rep['label_purity'], 2)} / {report.fmt(rep['neuron_label_purity'], 2)}"
           f" / {report.fmt(rep['random_label_purity'], 2)}"]])
-    gain = rep["intrusion_accuracy"] - rep["neuron_intrusion_accuracy"]
-    finding = (f"\n\nSAE latents pass the intrusion test {gain:+.2f} more often than single "
-               f"neurons ({rep['intrusion_units_scored']} latents fire on enough test digits to "
-               f"be scored); their label purity differs by "
-               f"{rep['label_purity'] - rep['neuron_label_purity']:+.2f}. With AuxK "
+    def than(diff: float) -> str:
+        return f"{abs(diff):.2f} {'above' if diff >= 0 else 'below'} single neurons'"
+
+    finding = (f"\n\nSAE latents pass the intrusion test at a rate "
+               f"{than(rep['intrusion_accuracy'] - rep['neuron_intrusion_accuracy'])} "
+               f"({rep['intrusion_units_scored']} latents fire on enough test digits to be "
+               f"scored); their label purity is "
+               f"{than(rep['label_purity'] - rep['neuron_label_purity'])}. With AuxK "
                f"(k_aux = {cfg.aux}), {100 * rep['dead_fraction']:.0f} % of the latents never "
                f"fire on the {rep['test_samples']} test digits ({rep['train_samples']} training "
                "rows: a small-data SAE).")
