@@ -248,8 +248,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     done_path = args.out / "results.json"
     old = json.loads(done_path.read_text())["rows"] if done_path.exists() else []
-    for r in old:  # rows from before the responses sub-grid ran the mixed targets
-        r.setdefault("responses", "mixed")
+    for r in old:  # rows from before the responses sub-grid ran the default (mixed) targets
+        r["responses"] = recovery_study.setting(r, ("responses",))[0]
     done = {_key(r): r for r in old}
     rows, start = [], time.perf_counter()
     todo = settings(args)

@@ -807,8 +807,7 @@ def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
     residual = y - ridge.predict(model, x)
     w = np.asarray(aims(jnp.asarray(v), x, residual))
     twins = np.concatenate([_moved(v, w), _twins(v, key)])                      # (2m, d)
-    resp = ridge.responses(model, x)
-    targets = residual[None] + resp.T                                           # (m, b)
+    targets = residual[None] + ridge.responses(model, x).T                      # (m, b)
     half = model.coef / 2
     fit = functools.partial(_cluster_refits, model, x, smoothing=smoothing, steps=steps)
     alone = fit(*_padded8(jnp.asarray(v)[:, None], half[:, None], targets),
