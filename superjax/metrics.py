@@ -154,7 +154,7 @@ def reproducible_rate(dictionaries: Sequence[Float[Array, "m q"]],
 
     :func:`seed_agreement` averages the matched |cos|, so many roughly reproduced atoms can
     outweigh a few exactly reproduced ones; this counts only the exact ones, and tracks the
-    fraction of true atoms recovered (README, dictionary recovery: choosing TopK's k).
+    fraction of true atoms recovered (docs/results.md, dictionary recovery: TopK's k).
     """
     return jnp.mean(restart_matches(dictionaries) >= threshold)
 
@@ -166,7 +166,7 @@ def shared_rate(first: Sequence[Float[Array, "m p"]], second: Sequence[Float[Arr
 
     With the restarts of two neighbouring values of a sweep (k and the next k) it says whether a
     value's atoms belong to the data or to that value: TopK's k = 1 vector quantiser has cluster
-    centres that restarts reproduce but that no k ≥ 2 finds (README, dictionary recovery).
+    centres that restarts reproduce but that no k ≥ 2 finds (docs/results.md, dictionary recovery).
     """
     first = [_rows(f"first dictionary {i}", d) for i, d in enumerate(first)]
     second = [_rows(f"second dictionary {i}", d) for i, d in enumerate(second)]

@@ -831,7 +831,7 @@ def split_pairs(model: ridge.RidgeModel, x, y, key, *, extent: float,
     fit query, so a twin that the drop stage would remove is not added. Unlike :func:`split`,
     which must pay off over the whole model, this finds the few pairs per hundred directions
     that a search leaves merged once the rest are separated (9 of 124 at d = 32, n/d = 4,
-    Δ = 0.1: README, footnote ¹⁹). Returns the model and the number of directions split.
+    Δ = 0.1: docs/results.md, footnote ¹⁹). Returns the model and the number of directions split.
     """
     half = slice(None, None, 2)
     m, d = model.directions.shape

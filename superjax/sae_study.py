@@ -257,7 +257,7 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
     agreement × (1 − mean FVU of the restarts): the variance explained by a reproducible
     dictionary. TopK's k needs it: its restarts agree most at k = 1, where TopK is a vector
     quantiser whose cluster-centre atoms are stable but leave K − 1 of K components per sample
-    unexplained (README, dictionary recovery).
+    unexplained (docs/results.md, dictionary recovery).
 
     That choice aims at the codes (latent MCC). A second choice aims at the atoms:
     ``selected_{name}_atoms`` is the value whose restarts reproduce the most atoms at
@@ -265,7 +265,7 @@ def select_by_agreement(values, restarts: int, dictionaries, name: str = "lam",
     the higher score). For k an atom counts only where most restarts of the next smaller or
     larger k also find it at |cos| ≥ 0.95 (``confirmed_rate``): an atom of the data survives a
     small change of k, and TopK's k = 1 quantiser reproduces cluster centres that no k ≥ 2 finds
-    when K is large. λ has no such failure, and there the test only lost recovery (README,
+    when K is large. λ has no such failure, and there the test only lost recovery (docs/results.md,
     dictionary recovery), so for λ ``confirmed_rate`` is reported but not used.
     ``neighbour_rate`` summarises the test per value (the share of its atoms that the better
     neighbour's restarts find, :func:`superjax.metrics.shared_rate`). A sweep of one value has
