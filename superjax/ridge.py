@@ -167,18 +167,50 @@ def fit(model: RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
 fit = jax.jit(fit)
 
 
+def _own_quadratics(model: RidgeModel, x: Float[Array, "b d"]):
+    """Each response, its projections, and the least-squares fit of {1, z, z²} along its own
+    direction over ``x``: (responses (b, m), z (b, m), coefficients (m, 3))."""
+    resp = responses(model, x)
+    z = x @ unit(model.directions).T
+    basis = jnp.stack([jnp.ones_like(z), z, z**2], axis=-1)               # (b, m, 3)
+    gram = jnp.einsum("bmi,bmj->mij", basis, basis)
+    coef = jnp.linalg.solve(gram, jnp.einsum("bmi,bm->mi", basis, resp)[..., None])[..., 0]
+    return resp, basis, coef
+
+
 def nonpolynomial_share(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, " m"]:
     """Variance of each response left after regressing out {1, z, z²} along its own direction.
 
     A quadratic response along any direction is also a polynomial of x, so it duplicates the
     polynomial term and says nothing about the direction; only this remainder does.
     """
-    resp = responses(model, x)
-    z = x @ unit(model.directions).T
-    basis = jnp.stack([jnp.ones_like(z), z, z**2], axis=-1)               # (b, m, 3)
-    gram = jnp.einsum("bmi,bmj->mij", basis, basis)
-    coef = jnp.linalg.solve(gram, jnp.einsum("bmi,bm->mi", basis, resp)[..., None])[..., 0]
+    resp, basis, coef = _own_quadratics(model, x)
     return jnp.var(resp - jnp.einsum("bmi,mi->bm", basis, coef), axis=0)
+
+
+def canonical(model: RidgeModel, x: Float[Array, "b d"]) -> RidgeModel:
+    """The same function with each response's {1, z, z²} part (least squares over ``x``, along
+    its own direction) moved into the polynomial term.
+
+    That part is not identifiable: a + b·vᵀx + c·(vᵀx)² is also p(x), and a fit leaves it split
+    between the spline and p however its start and steps fall. Nearly linear responses (sigmoid
+    at small slopes) then carry most of their variance in it. In this form every response is
+    orthogonal over ``x`` to the quadratics along its direction, so its variance is
+    :func:`nonpolynomial_share`, and dropping a direction leaves its polynomial part in p. The
+    spline space holds every quadratic on [lo, hi], so f̂ changes only where |vᵀx| > hi.
+    """
+    _, _, coef = _own_quadratics(model, x)                                 # (m, 3)
+    k = model.coef.shape[1]
+    grid = jnp.linspace(model.lo, model.hi, 4 * k)
+    design = basis(model, grid[:, None])[:, 0]                             # (4k, k)
+    powers = jnp.stack([jnp.ones_like(grid), grid, grid**2], axis=-1)      # (4k, 3)
+    to_spline = jnp.linalg.lstsq(design, powers)[0]                        # (k, 3)
+    u = unit(model.directions)
+    return model._replace(
+        coef=model.coef - coef @ to_spline.T,
+        const=model.const + jnp.sum(coef[:, 0]),
+        linear=model.linear + coef[:, 1] @ u,
+        quad=model.quad + jnp.einsum("m,mi,mj->ij", coef[:, 2], u, u))
 
 
 def relative_mse(model: RidgeModel, x, y) -> Float[Array, ""]:
@@ -187,5 +219,5 @@ def relative_mse(model: RidgeModel, x, y) -> Float[Array, ""]:
 
 
 # Called on every fit's result: one compiled program each instead of op-by-op dispatch.
-predict, responses, nonpolynomial_share, relative_mse = (
-    jax.jit(f) for f in (predict, responses, nonpolynomial_share, relative_mse))
+predict, responses, nonpolynomial_share, canonical, relative_mse = (
+    jax.jit(f) for f in (predict, responses, nonpolynomial_share, canonical, relative_mse))

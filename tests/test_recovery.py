@@ -405,6 +405,41 @@ def test_cluster_fit_converges_in_a_few_gauss_newton_steps():
     assert np.all(cos > 1 - 1e-6), cos
 
 
+def test_drop_cost_ignores_where_a_nearly_linear_response_keeps_its_linear_part():
+    # Three sigmoid ridges (nearly linear over the queries) and a fourth direction 0.35 rad from
+    # the first. Fitted jointly, the fourth takes a response that is almost all linear (its
+    # non-polynomial share ~1e-7 of var f): redundant, but a linear function along it is not one
+    # that its neighbour can carry, only the polynomial term can. The cost is measured in the
+    # canonical form, so it is the same whichever of the two holds that part, and below the bar
+    # (as fitted, the spline's linear part put it at 19; moved further into the spline, 104).
+    d = 6
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(50), (d, d)))
+    target = O.Target(q[:3], jnp.array([1.0, -1.2, 0.9]), jnp.array([2, 2, 2]),
+                      jnp.array([1.2, 1.5, 1.0]), jnp.array([0.3, -0.4, 0.1]))
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(51))
+    x, y = R._fit_queries(orc, jax.random.key(52), 12_000, 1.0)
+    extra = ridge.unit((np.cos(0.35) * q[0] + np.sin(0.35) * q[3])[None])
+    model = R.fit_ridge(jnp.concatenate([q[:3], extra]), x, y, extent=9.0, refine=True)
+    assert R._shares(model, x)[3] < 1e-4 * R._shares(model, x)[:3].min()
+    k = model.coef.shape[1]
+    grid = np.linspace(-9.0, 9.0, 8 * k)
+    design = np.asarray(ridge.basis(model, jnp.asarray(grid)[:, None]))[:, 0]
+    line = np.linalg.lstsq(design, 0.8 * grid, rcond=None)[0]        # 0.8·z as spline coefficients
+    shifted = model._replace(coef=model.coef.at[3].add(jnp.asarray(line, jnp.float32)),
+                             linear=model.linear - 0.8 * ridge.unit(model.directions)[3])
+    np.testing.assert_allclose(ridge.predict(shifted, x), ridge.predict(model, x), atol=1e-4)
+    bar = 1 + 2 * (6 + 48) / 6_000
+    (group,), (cost,) = R.drop_costs(model, x[::2], y[::2])
+    (group2,), (cost2,) = R.drop_costs(shifted, x[::2], y[::2])
+    assert sorted(group) == sorted(group2) == [0, 3] and group[-1] == group2[-1] == 3
+    assert 1.0 < cost < bar and abs(cost2 - cost) < 1e-4 * cost, (cost, cost2)
+    out, dropped = R.drop_redundant(shifted, x, y, extent=9.0)
+    assert dropped == 1 and out.directions.shape[0] == 3
+    xt = 2 * jax.random.normal(jax.random.key(53), (8_000, d))
+    before, after = (float(ridge.relative_mse(m, xt, O.evaluate(target, xt))) for m in (model, out))
+    assert after < 1.05 * before, (before, after)
+
+
 def test_drop_redundant_removes_a_third_direction_from_a_close_pair():
     # A Δ = 0.1 pair and a third direction 0.03 rad from one member, all fitted jointly: the
     # three share the pair's two responses, which no merge of two ridges reproduces. Without

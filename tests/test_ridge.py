@@ -57,3 +57,45 @@ def test_joint_refinement_sharpens_directions():
     cos = np.abs(np.sum(np.asarray(model.directions) * np.asarray(v), 1))
     assert np.all(cos > 0.999), cos
     assert float(ridge.relative_mse(model, x, y)) < 1e-3
+
+
+def _quadratic_coef(model, a, b, c):
+    """Spline coefficients of a + b·z + c·z² on [lo, hi] (numpy least squares on a fine grid)."""
+    k = model.coef.shape[1]
+    grid = np.linspace(float(model.lo), float(model.hi), 8 * k)
+    design = np.asarray(ridge.basis(model, jnp.asarray(grid)[:, None]))[:, 0]
+    return np.linalg.lstsq(design, a + b * grid + c * grid**2, rcond=None)[0]
+
+
+def test_canonical_moves_each_responses_quadratic_part_into_the_polynomial():
+    # Random splines plus large quadratics along their own directions: the canonical form is the
+    # same function, its responses are orthogonal to {1, z, z²} along their directions, and it
+    # does not depend on how the quadratics were split between splines and polynomial.
+    d, k = 5, 16
+    v = ridge.unit(jax.random.normal(jax.random.key(5), (3, d)))
+    x = jax.random.normal(jax.random.key(6), (4000, d))
+    base = ridge.init(v, knots=k, extent=6.0)._replace(
+        coef=jax.random.normal(jax.random.key(7), (3, k)), linear=jnp.linspace(-1, 1, d))
+    abc = np.array([[0.5, 2.0, -0.3], [-1.0, -1.5, 0.8], [0.2, 3.0, 0.1]])
+    shifted = base._replace(coef=base.coef + jnp.asarray(
+        np.stack([_quadratic_coef(base, *row) for row in abc]), jnp.float32))
+    # shifted's splines hold the quadratics; moved_out holds them in its polynomial term.
+    u = np.asarray(v)
+    moved_out = shifted._replace(
+        coef=base.coef, const=base.const + abc[:, 0].sum(),
+        linear=base.linear + jnp.asarray(abc[:, 1] @ u, jnp.float32),
+        quad=base.quad + jnp.asarray(np.einsum("m,mi,mj->ij", abc[:, 2], u, u), jnp.float32))
+    np.testing.assert_allclose(ridge.predict(moved_out, x), ridge.predict(shifted, x), atol=1e-4)
+    a, b = ridge.canonical(shifted, x), ridge.canonical(moved_out, x)
+    for can in (a, b):
+        np.testing.assert_allclose(ridge.predict(can, x), ridge.predict(shifted, x), atol=1e-4)
+        z = np.asarray(x @ v.T, np.float64)
+        r = np.asarray(ridge.responses(can, x), np.float64)
+        for j in range(3):
+            powers = np.stack([np.ones_like(z[:, j]), z[:, j], z[:, j] ** 2], 1)
+            proj = np.linalg.lstsq(powers, r[:, j], rcond=None)[0]
+            assert np.all(np.abs(proj) < 1e-4 * np.std(r[:, j]) + 1e-5), (j, proj)
+        np.testing.assert_allclose(np.var(r, 0), ridge.nonpolynomial_share(shifted, x), rtol=1e-3)
+    np.testing.assert_allclose(a.coef, b.coef, atol=1e-4)
+    np.testing.assert_allclose(a.linear, b.linear, atol=1e-4)
+    np.testing.assert_allclose(a.quad, b.quad, atol=1e-4)
