@@ -168,8 +168,8 @@ fit = jax.jit(fit)
 
 
 def _own_quadratics(model: RidgeModel, x: Float[Array, "b d"]):
-    """Each response, its projections, and the least-squares fit of {1, z, z²} along its own
-    direction over ``x``: (responses (b, m), z (b, m), coefficients (m, 3))."""
+    """Each response, the powers {1, z, z²} of its projection, and their least-squares fit to
+    it over ``x``: (responses (b, m), powers (b, m, 3), coefficients (m, 3))."""
     resp = responses(model, x)
     z = x @ unit(model.directions).T
     basis = jnp.stack([jnp.ones_like(z), z, z**2], axis=-1)               # (b, m, 3)
@@ -188,6 +188,17 @@ def nonpolynomial_share(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Arra
     return jnp.var(resp - jnp.einsum("bmi,mi->bm", basis, coef), axis=0)
 
 
+def quadratic_coef(model: RidgeModel) -> Float[Array, "k 3"]:
+    """The spline coefficients of 1, z and z² on [lo, hi] (columns): a response a + b·z + c·z²
+    has coefficients ``quadratic_coef(model) @ [a, b, c]`` (exact: cubic B-splines hold every
+    quadratic; least squares on a grid of 4k points)."""
+    k = model.coef.shape[1]
+    grid = jnp.linspace(model.lo, model.hi, 4 * k)
+    design = basis(model, grid[:, None])[:, 0]                             # (4k, k)
+    powers = jnp.stack([jnp.ones_like(grid), grid, grid**2], axis=-1)      # (4k, 3)
+    return jnp.linalg.lstsq(design, powers)[0]
+
+
 def canonical(model: RidgeModel, x: Float[Array, "b d"]) -> RidgeModel:
     """The same function with each response's {1, z, z²} part (least squares over ``x``, along
     its own direction) moved into the polynomial term.
@@ -200,14 +211,9 @@ def canonical(model: RidgeModel, x: Float[Array, "b d"]) -> RidgeModel:
     spline space holds every quadratic on [lo, hi], so f̂ changes only where |vᵀx| > hi.
     """
     _, _, coef = _own_quadratics(model, x)                                 # (m, 3)
-    k = model.coef.shape[1]
-    grid = jnp.linspace(model.lo, model.hi, 4 * k)
-    design = basis(model, grid[:, None])[:, 0]                             # (4k, k)
-    powers = jnp.stack([jnp.ones_like(grid), grid, grid**2], axis=-1)      # (4k, 3)
-    to_spline = jnp.linalg.lstsq(design, powers)[0]                        # (k, 3)
     u = unit(model.directions)
     return model._replace(
-        coef=model.coef - coef @ to_spline.T,
+        coef=model.coef - coef @ quadratic_coef(model).T,
         const=model.const + jnp.sum(coef[:, 0]),
         linear=model.linear + coef[:, 1] @ u,
         quad=model.quad + jnp.einsum("m,mi,mj->ij", coef[:, 2], u, u))

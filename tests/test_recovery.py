@@ -421,11 +421,8 @@ def test_drop_cost_ignores_where_a_nearly_linear_response_keeps_its_linear_part(
     extra = ridge.unit((np.cos(0.35) * q[0] + np.sin(0.35) * q[3])[None])
     model = R.fit_ridge(jnp.concatenate([q[:3], extra]), x, y, extent=9.0, refine=True)
     assert R._shares(model, x)[3] < 1e-4 * R._shares(model, x)[:3].min()
-    k = model.coef.shape[1]
-    grid = np.linspace(-9.0, 9.0, 8 * k)
-    design = np.asarray(ridge.basis(model, jnp.asarray(grid)[:, None]))[:, 0]
-    line = np.linalg.lstsq(design, 0.8 * grid, rcond=None)[0]        # 0.8·z as spline coefficients
-    shifted = model._replace(coef=model.coef.at[3].add(jnp.asarray(line, jnp.float32)),
+    line = ridge.quadratic_coef(model)[:, 1] * 0.8                    # 0.8·z as spline coefficients
+    shifted = model._replace(coef=model.coef.at[3].add(line),
                              linear=model.linear - 0.8 * ridge.unit(model.directions)[3])
     np.testing.assert_allclose(ridge.predict(shifted, x), ridge.predict(model, x), atol=1e-4)
     bar = 1 + 2 * (6 + 48) / 6_000

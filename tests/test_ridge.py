@@ -59,12 +59,14 @@ def test_joint_refinement_sharpens_directions():
     assert float(ridge.relative_mse(model, x, y)) < 1e-3
 
 
-def _quadratic_coef(model, a, b, c):
-    """Spline coefficients of a + b·z + c·z² on [lo, hi] (numpy least squares on a fine grid)."""
-    k = model.coef.shape[1]
-    grid = np.linspace(float(model.lo), float(model.hi), 8 * k)
-    design = np.asarray(ridge.basis(model, jnp.asarray(grid)[:, None]))[:, 0]
-    return np.linalg.lstsq(design, a + b * grid + c * grid**2, rcond=None)[0]
+def test_quadratic_coef_gives_the_splines_of_quadratics():
+    model = ridge.init(jnp.eye(3)[:1], knots=12, extent=3.0)
+    abc = np.array([[0.5, 2.0, -0.3], [-1.0, 0.0, 0.8]])
+    z = jnp.linspace(-2.99, 2.99, 201)
+    got = ridge.spline(model._replace(coef=jnp.asarray(abc) @ ridge.quadratic_coef(model).T),
+                       jnp.stack([z, z], 1))
+    want = abc[:, :1] + abc[:, 1:2] * np.asarray(z) + abc[:, 2:] * np.asarray(z) ** 2
+    np.testing.assert_allclose(got, want.T, atol=1e-4)
 
 
 def test_canonical_moves_each_responses_quadratic_part_into_the_polynomial():
@@ -77,8 +79,8 @@ def test_canonical_moves_each_responses_quadratic_part_into_the_polynomial():
     base = ridge.init(v, knots=k, extent=6.0)._replace(
         coef=jax.random.normal(jax.random.key(7), (3, k)), linear=jnp.linspace(-1, 1, d))
     abc = np.array([[0.5, 2.0, -0.3], [-1.0, -1.5, 0.8], [0.2, 3.0, 0.1]])
-    shifted = base._replace(coef=base.coef + jnp.asarray(
-        np.stack([_quadratic_coef(base, *row) for row in abc]), jnp.float32))
+    shifted = base._replace(
+        coef=base.coef + jnp.asarray(abc, jnp.float32) @ ridge.quadratic_coef(base).T)
     # shifted's splines hold the quadratics; moved_out holds them in its polynomial term.
     u = np.asarray(v)
     moved_out = shifted._replace(
