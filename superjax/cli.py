@@ -328,7 +328,8 @@ def _classifier_sae(args) -> None:
         classifier_steps=args.classifier_steps, sae_steps=args.sae_steps, seed=args.seed)
     _writable(args.out)
     rep = network_study.real_network(config, args.out, progress=not args.quiet)
-    _print_report(rep, ("accuracy", "fvu", "l0", "dead_fraction", "intrusion_accuracy",
+    _print_report(rep, ("accuracy", "spliced_accuracy", "ce_loss_recovered", "fvu", "l0",
+                        "dead_fraction", "intrusion_accuracy",
                         "neuron_intrusion_accuracy", "random_intrusion_accuracy",
                         "intrusion_chance", "label_purity", "neuron_label_purity"),
                   args.out / "report.json")

@@ -298,10 +298,15 @@ def _digits_text(rep: dict, cfg) -> str:
              "DIR/activations.npy, which `superjax train-sae --activations` reads).\n")
     if rep["status"] != "ok":
         return head + rep["status"] + repro
+    head += ("Spliced in: the SAE's reconstruction replaces the hidden layer on the test digits; "
+             "CE loss recovered is the share of the test cross-entropy lost by mean-ablating the "
+             "layer that the reconstruction wins back (1: the network's own "
+             f"{rep['clean_ce']:.3f}, 0: the ablated {rep['ablated_ce']:.2f}).\n\n")
     table = report.markdown_table(
-        ["test accuracy (chance)", "FVU", "L0", "dead", "intrusion SAE / neuron / random",
-         "chance", "purity SAE / neuron / random"],
-        [[_ratio(rep["accuracy"], rep["chance_accuracy"]), report.fmt(rep["fvu"]),
+        ["test accuracy (chance)", "with the SAE spliced in", "CE loss recovered", "FVU", "L0",
+         "dead", "intrusion SAE / neuron / random", "chance", "purity SAE / neuron / random"],
+        [[_ratio(rep["accuracy"], rep["chance_accuracy"]), report.fmt(rep["spliced_accuracy"]),
+          report.fmt(rep["ce_loss_recovered"]), report.fmt(rep["fvu"]),
           report.fmt(rep["l0"], 1), report.fmt(rep["dead_fraction"], 2),
           f"{report.fmt(rep['intrusion_accuracy'], 2)} / "
           f"{report.fmt(rep['neuron_intrusion_accuracy'], 2)} / "

@@ -12,6 +12,8 @@
   fraction of atoms that restarts reproduce at |cos| ≥ 0.99 (:func:`reproducible_rate`), and the
   fraction found again in dictionaries trained another way (:func:`shared_rate`).
 * FVU, L0 at a threshold, dead fraction, shrinkage.
+* Downstream: the cross-entropy of a network with a layer replaced by the SAE's reconstruction,
+  and the share of the ablation's loss that the reconstruction recovers (:func:`splice_scores`).
 
 All functions are pure and jit-able; the Hungarian matching is optax's jittable implementation.
 """
@@ -215,3 +217,48 @@ def shrinkage(y: Float[Array, "s m"], y_hat: Float[Array, "s m"]) -> Float[Array
     y, y_hat = _rows("y", y), _rows("y_hat", y_hat)
     ny = jnp.linalg.norm(y, axis=-1)
     return jnp.mean(jnp.linalg.norm(y_hat, axis=-1) / jnp.where(ny > 0, ny, 1.0))
+
+
+class SpliceScores(NamedTuple):
+    """A layer's reconstruction spliced into the network it came from (:func:`splice_scores`)."""
+
+    clean_ce: Array        # the network's own cross-entropy
+    spliced_ce: Array      # with the layer replaced by the reconstruction
+    ablated_ce: Array      # with the layer replaced by its mean (the baseline)
+    ce_loss_recovered: Array  # (ablated − spliced) / (ablated − clean): 1 = no loss, 0 = ablation
+    clean_accuracy: Array
+    spliced_accuracy: Array
+    spliced_kl: Array      # mean KL(clean ‖ spliced) of the predicted class distributions
+
+
+def splice_scores(head, y: Float[Array, "s m"], y_hat: Float[Array, "s m"],
+                  baseline: Float[Array, " m"], labels) -> SpliceScores:
+    """How much of the network's function survives when the layer y is replaced by ŷ.
+
+    ``head`` maps the layer to logits (the rest of the network). The baseline is mean ablation:
+    every row replaced by ``baseline`` (the layer's training mean), the usual floor of the
+    "CE loss recovered" score of SAE evaluations; a reconstruction that recovers less than 0
+    hurts the network more than forgetting the layer, more than 1 lowers its loss.
+    """
+    y, y_hat = _rows("y", y), _rows("y_hat", y_hat)
+    if y.shape != y_hat.shape:
+        raise ValueError(f"y and y_hat must have the same shape, got {y.shape} and {y_hat.shape}")
+    baseline = _rows("baseline", baseline, ndim=1)
+    _checks.same_size("baseline length", baseline.shape[0], "layer width", y.shape[1])
+    labels = jnp.asarray(labels)
+    if labels.shape != (y.shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers of shape ({y.shape[0]},), got "
+                         f"{labels.dtype} {labels.shape}")
+    clean, spliced = head(y), head(y_hat)
+    ablated = head(jnp.broadcast_to(baseline, y.shape))
+
+    def ce(logits):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+    def accuracy(logits):
+        return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+    log_p, log_q = jax.nn.log_softmax(clean), jax.nn.log_softmax(spliced)
+    kl = jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1))
+    c, s, a = ce(clean), ce(spliced), ce(ablated)
+    return SpliceScores(c, s, a, (a - s) / (a - c), accuracy(clean), accuracy(spliced), kl)

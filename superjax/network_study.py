@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from superjax import _checks, interpret, metrics, models, networks, report, sae_study, world
 
@@ -92,10 +93,16 @@ def classifier_status(accuracy: float, chance: float, reference: float) -> tuple
                    "change the learning rate, or use more samples.")
 
 
-def _standardise(train_rows, *others):
-    """Centres on the training mean and scales to mean norm √M (the SAE input convention)."""
+def _scaling(train_rows) -> tuple[Array, Array]:
+    """The training mean and the scale that gives the centred rows mean norm √M (the SAE input
+    convention): standardised = (y − mean) · scale."""
     mean = train_rows.mean(0)
-    scale = jnp.sqrt(train_rows.shape[1]) / jnp.mean(jnp.linalg.norm(train_rows - mean, axis=1))
+    return mean, jnp.sqrt(train_rows.shape[1]) / jnp.mean(jnp.linalg.norm(train_rows - mean,
+                                                                            axis=1))
+
+
+def _standardise(train_rows, *others):
+    mean, scale = _scaling(train_rows)
     return tuple((a - mean) * scale for a in (train_rows, *others))
 
 
@@ -306,7 +313,9 @@ def split(n: int, test_fraction: float, classes: int, seed: int) -> tuple[np.nda
 
 def real_network(config: RealNetworkConfig, out: str | pathlib.Path, *,
                  progress: bool = True) -> dict[str, Any]:
-    """Classifier → hidden activations → TopK SAE → FVU, L0, intrusion, purity, figures.
+    """Classifier → hidden activations → TopK SAE → FVU, L0, the network's test loss and
+    accuracy with the SAE's reconstruction spliced in for the hidden layer
+    (:func:`superjax.metrics.splice_scores`), intrusion, purity, figures.
 
     Writes DIR/report.json, DIR/activations.npy (every sample's hidden activations, training rows
     first, for ``superjax train-sae --activations``), DIR/labels.npy, DIR/feature_density.png and,
@@ -338,8 +347,8 @@ def real_network(config: RealNetworkConfig, out: str | pathlib.Path, *,
         acts = np.asarray(full.representation)
         np.save(out / "activations.npy", np.concatenate([acts[train_idx], acts[test_idx]]))
         np.save(out / "labels.npy", np.concatenate([ds.labels[train_idx], ds.labels[test_idx]]))
-        y_train, y_test = _standardise(full.representation[train_idx],
-                                       full.representation[test_idx])
+        mean, scale = _scaling(full.representation[train_idx])
+        y_train, y_test = ((full.representation[i] - mean) * scale for i in (train_idx, test_idx))
         fit = sae_study.fit_schedule(config.sae_steps, learning_rate=3e-3, k_aux=config.aux,
                                      dead_window=8192)
         sae_cfg = models.SAEConfig(d_in=config.neurons, d_sae=config.latents, activation="topk",
@@ -358,8 +367,11 @@ def real_network(config: RealNetworkConfig, out: str | pathlib.Path, *,
         density = {name: interpret.feature_density(a) for name, a in units.items()
                    if name != "random"}
         alive = density["sae"] > 0
+        spliced = metrics.splice_scores(net.head, full.representation[test_idx],
+                                        o.reconstruction / scale + mean, mean, test_labels)
         rep.update({
             "fvu": float(metrics.fvu(y_test, o.reconstruction)),
+            **{name: float(v) for name, v in spliced._asdict().items()},
             "l0": float(metrics.l0(o.codes)),
             "dead_fraction": float(metrics.dead_fraction(o.codes)),
             "neuron_dead_fraction": float(metrics.dead_fraction(y_test)),

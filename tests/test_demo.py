@@ -59,6 +59,10 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
     assert digits["fvu"] < 0.3 and digits["l0"] == digits["config"]["k"]
     assert 0 <= digits["dead_fraction"] < 1
     assert digits["intrusion_accuracy"] > digits["intrusion_chance"]
+    # the reconstruction spliced into the network keeps most of what mean ablation loses
+    assert digits["clean_accuracy"] == digits["accuracy"]
+    assert digits["spliced_ce"] < 0.5 * digits["ablated_ce"]
+    assert digits["ce_loss_recovered"] > 0.8 and digits["spliced_accuracy"] > 0.85
     acts = np.load(out / "digits" / "activations.npy")
     assert acts.shape[1] == digits["config"]["neurons"] and np.all(acts >= 0)
     for name in ("feature_density.png", "top_inputs_sae.png", "top_inputs_neurons.png"):

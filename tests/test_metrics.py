@@ -146,6 +146,51 @@ def test_fvu_l0_dead_shrinkage_closed_forms():
     assert float(metrics.shrinkage(y, 0.5 * y)) == pytest.approx(0.5)
 
 
+def test_splice_scores_closed_forms_and_scipy_reference():
+    """The reconstruction y itself recovers all of the loss, the mean none of it; in between the
+    cross-entropies and the KL agree with scipy's log-softmax."""
+    from scipy.special import log_softmax
+
+    k_y, k_w, k_l, k_n = jax.random.split(jax.random.key(14), 4)
+    y = jax.nn.relu(jax.random.normal(k_y, (300, 6)))
+    w = jax.random.normal(k_w, (6, 4))
+    logits = y @ w
+    labels = jnp.argmax(logits + 0.5 * jax.random.gumbel(k_l, logits.shape), -1)
+    mean = y.mean(0)
+
+    def head(a):
+        return a @ w
+
+    exact = metrics.splice_scores(head, y, y, mean, labels)
+    assert float(exact.ce_loss_recovered) == pytest.approx(1.0)
+    assert float(exact.spliced_kl) == pytest.approx(0.0, abs=1e-6)
+    assert float(exact.spliced_accuracy) == float(exact.clean_accuracy) > 0.5
+    ablated = metrics.splice_scores(head, y, jnp.broadcast_to(mean, y.shape), mean, labels)
+    assert float(ablated.ce_loss_recovered) == pytest.approx(0.0, abs=1e-6)
+
+    y_hat = y + 0.3 * jax.random.normal(k_n, y.shape)
+    got = metrics.splice_scores(head, y, y_hat, mean, labels)
+    lab = np.asarray(labels)
+
+    def ce(a):
+        return -np.mean(log_softmax(np.asarray(a, np.float64) @ np.asarray(w, np.float64),
+                                    axis=-1)[np.arange(len(lab)), lab])
+
+    c, s, a = ce(y), ce(y_hat), ce(np.broadcast_to(mean, y.shape))
+    assert float(got.clean_ce) == pytest.approx(c, rel=1e-5)
+    assert float(got.spliced_ce) == pytest.approx(s, rel=1e-5)
+    assert float(got.ablated_ce) == pytest.approx(a, rel=1e-5)
+    assert float(got.ce_loss_recovered) == pytest.approx((a - s) / (a - c), rel=1e-4)
+    p = log_softmax(np.asarray(y @ w, np.float64), axis=-1)
+    q = log_softmax(np.asarray(y_hat @ w, np.float64), axis=-1)
+    assert float(got.spliced_kl) == pytest.approx(np.mean(np.sum(np.exp(p) * (p - q), -1)),
+                                                  rel=1e-4)
+    with pytest.raises(ValueError, match="baseline length"):
+        metrics.splice_scores(head, y, y_hat, mean[:5], labels)
+    with pytest.raises(ValueError, match="labels must be integers"):
+        metrics.splice_scores(head, y, y_hat, mean, labels.astype(jnp.float32))
+
+
 def test_bad_input():
     z = _codes(13)
     with pytest.raises(ValueError, match="samples"):
