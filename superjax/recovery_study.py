@@ -30,6 +30,7 @@ class RecoverConfig:
     seed: int = 0
     split: bool = True
     drop: bool = True
+    fit_queries: int | None = None
 
     def __post_init__(self):
         _checks.positive_int("d", self.d, minimum=2, maximum=4096)
@@ -41,10 +42,18 @@ class RecoverConfig:
         _checks.one_of("method", self.method, recovery.METHODS)
         _checks.positive_int("budget", self.budget)
         _checks.positive_int("degenerate", self.degenerate, minimum=0)
+        if self.fit_queries is not None:
+            _checks.positive_int("fit_queries", self.fit_queries, minimum=1000)
         self.recovery_config()  # validates the budget split
 
     def recovery_config(self) -> recovery.RecoveryConfig:
-        fit = min(40_000, max(1000, self.budget // 5))
+        """``fit_queries`` None: a fifth of the budget, at most 40 000 (4·10⁴ at every grid
+        budget). At high noise the finishing fit tells a weak feature from noise only with more
+        queries: :func:`recovery.drop_redundant` keeps a direction only when the rest of its
+        cluster leaves more than about 2(d + k)·noise² / fit_queries of var f unexplained
+        without it (d + k: one direction's parameters)."""
+        fit = (min(40_000, max(1000, self.budget // 5)) if self.fit_queries is None
+               else self.fit_queries)
         return recovery.RecoveryConfig(budget=self.budget, fit_queries=fit, split=self.split,
                                        drop=self.drop)
 

@@ -245,6 +245,8 @@ def test_recover_writes_the_scored_result(tmp_path, capsys):
     (["--responses", "gelu"], "responses must be one of"),
     (["--directions", "grid"], "directions must be one of"),
     (["--budget", "1000"], "must exceed fit_queries"),
+    (["--fit-queries", "500"], "fit_queries must be >= 1000"),
+    (["--budget", "50000", "--fit-queries", "50000"], "must exceed fit_queries"),
     (["--method", "hessian", "--d", "32", "--budget", "100000"], "hessian method needs"),
     (["--n", "0"], "n must be >= 1"),
     (["--noise", "-1"], "noise must lie in"),
