@@ -239,6 +239,7 @@ def _train_sae(args) -> None:
 
 def _print_selection(rep: dict) -> None:
     """The λ (or k) choice of a sweep with restarts: each value's scores, and the one chosen."""
+    width = rep["config"]["latents"] or rep["config"]["n"]
     for name, label in (("lam", "λ"), ("k", "k")):
         sel = rep.get(f"{name}_selection")
         if sel is None:
@@ -251,7 +252,9 @@ def _print_selection(rep: dict) -> None:
         rows.append(("atoms reproduced at |cos| ≥ 0.99 per {}", "reproducible_rate"))
         rows.append(("of these, found by most restarts of a neighbouring {}", "confirmed_rate"))
         counted = "confirmed_rate" if name == "k" else "reproducible_rate"  # the atom rule's
-        chosen[counted] = f"  -> for the atoms {label} = {sel[f'selected_{name}_atoms']:g}"
+        pick = sel[f"selected_{name}_atoms"]
+        atoms = sel[counted][sel[f"{name}s"].index(pick)] * width  # its evidence, in atoms
+        chosen[counted] = f"  -> for the atoms {label} = {pick:g} ({atoms:.1f} atoms per restart)"
         if "latent_mcc" in sel:
             rows.append(("latent MCC per {} (scored after the choice)", "latent_mcc"))
         for title, key in rows:

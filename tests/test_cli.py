@@ -145,7 +145,8 @@ def test_train_sae_sweep_is_one_run_scored_per_value(sweep_args, name, values, o
               "2048", "--batch-size", "256", "--quiet"]
     argv = [*common, *sweep_args, "--restarts", "2", "--out", str(tmp_path / "sweep")]
     assert cli.main(argv) == 0
-    assert capsys.readouterr().out.count(f"{name}=") == 4
+    printed = capsys.readouterr().out
+    assert printed.count(f"{name}=") == 4
     rep = json.loads((tmp_path / "sweep" / "report.json").read_text())
     sweep = rep["sweep"]
     assert [(m[name], m["seed"]) for m in sweep] == [(v, s) for v in values for s in (0, 1)]
@@ -187,6 +188,10 @@ def test_train_sae_sweep_is_one_run_scored_per_value(sweep_args, name, values, o
         score = np.multiply(score, explained)
         np.testing.assert_allclose(sel["score"], score, rtol=1e-6)
     assert sel[f"selected_{name}"] == values[int(np.argmax(score))]
+    # The atom rule's choice is printed with its evidence in atoms (16 per dictionary).
+    pick, counted = sel[f"selected_{name}_atoms"], "confirmed_rate" if name == "k" else (
+        "reproducible_rate")
+    assert f"{pick:g} ({16 * sel[counted][values.index(pick)]:.1f} atoms per restart)" in printed
     assert cli.main([*common, *one_args, "--out", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     for key in ("latent_mcc", "dict_mean_cos", "fvu", "l0", "final_train_loss"):
