@@ -101,9 +101,6 @@ def _scaling(train_rows) -> tuple[Array, Array]:
                                                                             axis=1))
 
 
-def _standardise(train_rows, *others):
-    mean, scale = _scaling(train_rows)
-    return tuple((a - mean) * scale for a in (train_rows, *others))
 
 
 def _train_saes(y_train, *, latents: int, k: int, lam: float, steps: int, seed: int,
@@ -198,7 +195,8 @@ def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
             "null_additivity_residual": float(add.null_residual),
             "neuron_latent_mcc": float(metrics.latent_mcc(te.z, y_test)),
         })
-        y_train_s, y_test_s = _standardise(y_all, y_test)
+        mean, scale = _scaling(y_all)
+        y_train_s, y_test_s = (y_all - mean) * scale, (y_test - mean) * scale
         saes, sweep, selection = _train_saes(
             y_train_s, latents=config.latents, k=config.k, lam=config.lam,
             steps=config.sae_steps, seed=config.seed, out=out, progress=progress,
@@ -214,10 +212,14 @@ def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
         per_arch = {}
         for arch, sae in saes.items():
             o = sae(y_test_s)
+            spliced = metrics.splice_scores(net.head, y_test, o.reconstruction / scale + mean,
+                                            mean, te.labels)
             per_arch[arch] = {"latent_mcc": float(metrics.latent_mcc(te.z, o.codes)),
                               "fvu": float(metrics.fvu(y_test_s, o.reconstruction)),
                               "l0": float(metrics.l0(o.codes)),
-                              "dead_fraction": float(metrics.dead_fraction(o.codes))}
+                              "dead_fraction": float(metrics.dead_fraction(o.codes)),
+                              "spliced_accuracy": float(spliced.spliced_accuracy),
+                              "ce_loss_recovered": float(spliced.ce_loss_recovered)}
         best = max(per_arch, key=lambda a: per_arch[a]["latent_mcc"])
         codes = saes[best](y_test_s).codes
         rep.update({
