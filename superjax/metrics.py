@@ -21,7 +21,7 @@ All functions are pure and jit-able; the Hungarian matching is optax's jittable 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -231,8 +231,9 @@ class SpliceScores(NamedTuple):
     spliced_kl: Array      # mean KL(clean ‖ spliced) of the predicted class distributions
 
 
-def splice_scores(head, y: Float[Array, "s m"], y_hat: Float[Array, "s m"],
-                  baseline: Float[Array, " m"], labels) -> SpliceScores:
+def splice_scores(head: Callable[[Array], Array], y: Float[Array, "s m"],
+                  y_hat: Float[Array, "s m"], baseline: Float[Array, " m"], labels
+                  ) -> SpliceScores:
     """How much of the network's function survives when the layer y is replaced by ŷ.
 
     ``head`` maps the layer to logits (the rest of the network). The baseline is mean ablation:
