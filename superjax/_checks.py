@@ -125,3 +125,16 @@ def same_size(name_a: str, size_a: int, name_b: str, size_b: int) -> None:
     """Checks that two sizes that must match do match."""
     if size_a != size_b:
         raise ValueError(f"{name_a} ({size_a}) must equal {name_b} ({size_b})")
+
+
+def int_labels(labels: Any, rows: int, classes: int | None = None) -> jax.Array:
+    """Returns ``labels`` as an array after checking it holds ``rows`` integers (in
+    [0, ``classes``) when given)."""
+    labels = jnp.asarray(labels)
+    if labels.shape != (rows,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integers of shape ({rows},), got "
+                         f"{labels.dtype} {labels.shape}")
+    if classes is not None and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise ValueError(f"labels must lie in [0, {classes}), got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels

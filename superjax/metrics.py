@@ -39,6 +39,14 @@ def _rows(name: str, a, ndim: int = 2) -> Array:
     return _checks.float_array(name, a, ndims=(ndim,))
 
 
+def _pair(y, y_hat) -> tuple[Array, Array]:
+    """A layer and its reconstruction, checked to be rows of one shape."""
+    y, y_hat = _rows("y", y), _rows("y_hat", y_hat)
+    if y.shape != y_hat.shape:
+        raise ValueError(f"y and y_hat must have the same shape, got {y.shape} and {y_hat.shape}")
+    return y, y_hat
+
+
 def abs_correlation(a: Float[Array, "s p"], b: Float[Array, "s q"]) -> Float[Array, "p q"]:
     """|Pearson r| between the columns of a and of b (samples along axis 0); constant → 0."""
 
@@ -196,9 +204,7 @@ def random_dictionary_metrics(
 
 def fvu(y: Float[Array, "s m"], y_hat: Float[Array, "s m"]) -> Float[Array, ""]:
     """Fraction of variance unexplained Σ‖y − ŷ‖² / Σ‖y − ȳ‖² (explained variance = 1 − FVU)."""
-    y, y_hat = _rows("y", y), _rows("y_hat", y_hat)
-    if y.shape != y_hat.shape:
-        raise ValueError(f"y and y_hat must have the same shape, got {y.shape} and {y_hat.shape}")
+    y, y_hat = _pair(y, y_hat)
     return jnp.sum((y - y_hat) ** 2) / jnp.sum((y - y.mean(0)) ** 2)
 
 
@@ -214,7 +220,7 @@ def dead_fraction(z: Float[Array, "s q"], threshold: float = 0.0) -> Float[Array
 
 def shrinkage(y: Float[Array, "s m"], y_hat: Float[Array, "s m"]) -> Float[Array, ""]:
     """Mean ‖ŷ‖/‖y‖ (below 1: the reconstruction is shrunk, e.g. by an L1 penalty)."""
-    y, y_hat = _rows("y", y), _rows("y_hat", y_hat)
+    y, y_hat = _pair(y, y_hat)
     ny = jnp.linalg.norm(y, axis=-1)
     return jnp.mean(jnp.linalg.norm(y_hat, axis=-1) / jnp.where(ny > 0, ny, 1.0))
 
@@ -241,15 +247,10 @@ def splice_scores(head: Callable[[Array], Array], y: Float[Array, "s m"],
     "CE loss recovered" score of SAE evaluations; a reconstruction that recovers less than 0
     hurts the network more than forgetting the layer, more than 1 lowers its loss.
     """
-    y, y_hat = _rows("y", y), _rows("y_hat", y_hat)
-    if y.shape != y_hat.shape:
-        raise ValueError(f"y and y_hat must have the same shape, got {y.shape} and {y_hat.shape}")
+    y, y_hat = _pair(y, y_hat)
     baseline = _rows("baseline", baseline, ndim=1)
     _checks.same_size("baseline length", baseline.shape[0], "layer width", y.shape[1])
-    labels = jnp.asarray(labels)
-    if labels.shape != (y.shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels must be integers of shape ({y.shape[0]},), got "
-                         f"{labels.dtype} {labels.shape}")
+    labels = _checks.int_labels(labels, y.shape[0])
     clean, spliced = head(y), head(y_hat)
     ablated = head(jnp.broadcast_to(baseline, y.shape))
 

@@ -99,13 +99,7 @@ def train(config: ClassifierConfig, x: Float[Array, "s d"], labels: Int[Array, "
 
     x = _checks.float_array("x", x, ndims=(2,))
     _checks.same_size("x columns", x.shape[1], "d_in", config.d_in)
-    labels = jnp.asarray(labels)
-    if labels.shape != (x.shape[0],) or not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"labels must be integers of shape ({x.shape[0]},), got "
-                         f"{labels.dtype} {labels.shape}")
-    if int(labels.min()) < 0 or int(labels.max()) >= config.classes:
-        raise ValueError(f"labels must lie in [0, {config.classes}), got "
-                         f"[{int(labels.min())}, {int(labels.max())}]")
+    labels = _checks.int_labels(labels, x.shape[0], config.classes)
     schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps, alpha=0.05)
     tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     model = Classifier(config, rngs=nnx.Rngs(config.seed))
