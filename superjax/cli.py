@@ -148,8 +148,14 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--neurons", type=int, default=64,
                    help="neurons M in the representation (M < N: superposition; default 64)")
     i.add_argument("--k", type=int, default=4, help="active latents per sample K (default 4)")
-    i.add_argument("--samples", type=int, default=32768, help="training samples")
-    i.add_argument("--classifier-steps", type=int, default=4000)
+    i.add_argument("--samples", type=int, default=32768,
+                   help="training samples of the SAEs and the linear read-out (and of the "
+                        "classifier with --classifier-data fixed; default 32768)")
+    i.add_argument("--classifier-data", default="fresh",
+                   help="fresh: a new batch of the world every classifier step (the population "
+                        "loss); fixed: the --samples set (default fresh)")
+    i.add_argument("--classifier-steps", type=int, default=16000,
+                   help="classifier steps (batch 1024; default 16000)")
     i.add_argument("--sae-steps", type=int, default=3000)
     i.add_argument("--lam", type=float, default=0.1,
                    help="L1 coefficient of the ReLU SAE (default 0.1)")
@@ -313,12 +319,14 @@ def _identifiability(args) -> None:
 
     config = network_study.IdentifiabilityConfig(
         latents=args.latents, neurons=args.neurons, k=args.k, samples=args.samples,
-        classifier_steps=args.classifier_steps, sae_steps=args.sae_steps, lam=args.lam,
+        classifier_data=args.classifier_data, classifier_steps=args.classifier_steps,
+        sae_steps=args.sae_steps, lam=args.lam,
         lams=args.lams, restarts=args.restarts, seed=args.seed)
     _writable(args.out)
     rep = network_study.identifiability(config, args.out, progress=not args.quiet)
     _print_selection(rep)
-    _print_report(rep, ("accuracy", "bayes_accuracy", "linear_r2", "linear_r2_ceiling",
+    _print_report(rep, ("accuracy", "bayes_accuracy", "test_ce", "bayes_ce", "linear_r2",
+                        "linear_r2_ceiling",
                         "additivity_cos", "null_additivity_cos", "neuron_latent_mcc",
                         "sae_latent_mcc", "sae_latent_mcc_chance", "intrusion_accuracy",
                         "neuron_intrusion_accuracy", "intrusion_chance"),

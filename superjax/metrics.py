@@ -225,6 +225,13 @@ def shrinkage(y: Float[Array, "s m"], y_hat: Float[Array, "s m"]) -> Float[Array
     return jnp.mean(jnp.linalg.norm(y_hat, axis=-1) / jnp.where(ny > 0, ny, 1.0))
 
 
+def cross_entropy(logits: Float[Array, "s c"], labels) -> Array:
+    """Mean cross-entropy of integer ``labels`` under softmax(``logits``), in nats."""
+    logits = _rows("logits", logits)
+    labels = _checks.int_labels(labels, logits.shape[0], logits.shape[1])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
 class SpliceScores(NamedTuple):
     """A layer's reconstruction spliced into the network it came from (:func:`splice_scores`)."""
 
@@ -255,7 +262,7 @@ def splice_scores(head: Callable[[Array], Array], y: Float[Array, "s m"],
     ablated = head(jnp.broadcast_to(baseline, y.shape))
 
     def ce(logits):
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+        return cross_entropy(logits, labels)
 
     def accuracy(logits):
         return jnp.mean(jnp.argmax(logits, -1) == labels)

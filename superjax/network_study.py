@@ -28,6 +28,7 @@ from jaxtyping import Array
 from superjax import _checks, interpret, metrics, models, networks, report, sae_study, world
 
 DATASETS = ("digits", "iris", "wine", "breast_cancer")
+CLASSIFIER_DATA = ("fresh", "fixed")
 SAE_ARCHS = ("topk", "relu")
 
 
@@ -38,7 +39,15 @@ class IdentifiabilityConfig:
     Attributes:
       latents, neurons, k: N latents, M neurons in the representation, K active latents.
       samples, test_samples: training and held-out set sizes.
-      classifier_steps, sae_steps: optimisation steps.
+      classifier_data: "fresh" trains the classifier on a new batch of the world every step, so
+        it descends the population cross-entropy, whose optimum makes the representation an
+        affine image of z; "fixed" trains it on the ``samples`` set (the SAEs and the linear
+        read-out always use that set). A fixed set of 2^15 samples overfits: test CE 0.19 above
+        the Bayes CE and held-out linear R² 0.72, against 0.02 and 0.99 for fresh batches
+        (docs/results.md).
+      classifier_steps, classifier_batch, classifier_hidden, classifier_learning_rate: the
+        classifier's AdamW training (see :class:`superjax.networks.ClassifierConfig`).
+      sae_steps: the SAEs' optimisation steps.
       lam: L1 coefficient of the ReLU SAE (on inputs scaled to mean norm √M).
       lams, restarts: when ``lams`` is given, the ReLU SAE's λ is chosen among them without the
         truth: each λ is trained from ``restarts`` initialisations (one compiled run) and the λ
@@ -54,7 +63,11 @@ class IdentifiabilityConfig:
     k: int = 4
     samples: int = 32768
     test_samples: int = 4096
-    classifier_steps: int = 4000
+    classifier_data: str = "fresh"
+    classifier_steps: int = 16000
+    classifier_batch: int = 1024
+    classifier_hidden: tuple[int, ...] = (256, 256)
+    classifier_learning_rate: float = 3e-3
     sae_steps: int = 3000
     lam: float = 0.1
     lams: tuple[float, ...] = ()
@@ -68,7 +81,8 @@ class IdentifiabilityConfig:
         _checks.positive_int("neurons", self.neurons, maximum=world.MAX_LATENTS)
         _checks.positive_int("samples", self.samples, minimum=1024)
         _checks.positive_int("test_samples", self.test_samples, minimum=256)
-        _checks.positive_int("classifier_steps", self.classifier_steps)
+        _checks.one_of("classifier_data", self.classifier_data, CLASSIFIER_DATA)
+        _ = self.classifier(1)  # validates the classifier's settings
         _checks.positive_int("sae_steps", self.sae_steps)
         _checks.real_number("lam", self.lam, minimum=0.0)
         object.__setattr__(self, "lams", tuple(_checks.real_number("lams", v, minimum=0.0)
@@ -80,6 +94,12 @@ class IdentifiabilityConfig:
     def world(self) -> world.WorldConfig:
         return world.WorldConfig(latents=self.latents, k=self.k, classes=self.classes,
                                  sharpness=self.sharpness, seed=self.seed)
+
+    def classifier(self, d_in: int) -> networks.ClassifierConfig:
+        return networks.ClassifierConfig(
+            d_in=d_in, classes=self.world.c, neurons=self.neurons, hidden=self.classifier_hidden,
+            steps=self.classifier_steps, batch_size=self.classifier_batch,
+            learning_rate=self.classifier_learning_rate, seed=self.seed)
 
 
 def classifier_status(accuracy: float, chance: float, reference: float) -> tuple[bool, str]:
@@ -161,18 +181,27 @@ def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
     k_train, k_test, k_pairs, k_eval = jax.random.split(jax.random.key(config.seed + 1), 4)
     tr = world.sample(k_train, w, wcfg, config.samples)
     te = world.sample(k_test, w, wcfg, config.test_samples)
-    ccfg = networks.ClassifierConfig(d_in=wcfg.d, classes=wcfg.c, neurons=config.neurons,
-                                     steps=config.classifier_steps, seed=config.seed)
-    net = networks.train(ccfg, tr.x, tr.labels, progress=progress).model
+    ccfg = config.classifier(wcfg.d)
+    if config.classifier_data == "fresh":
+        def fresh(key, size):
+            batch = world.sample(key, w, wcfg, size)
+            return batch.x, batch.labels
+
+        net = networks.train_online(ccfg, fresh, progress=progress).model
+    else:
+        net = networks.train(ccfg, tr.x, tr.labels, progress=progress).model
     test_out = networks.apply(net, te.x)
     acc = networks.accuracy(test_out.logits, te.labels)
     bayes = networks.accuracy(te.logits, te.labels)
+    # How close the classifier came to the cross-entropy optimum, the premise of identifiability
+    ce = {"test_ce": float(metrics.cross_entropy(test_out.logits, te.labels)),
+          "bayes_ce": float(metrics.cross_entropy(te.logits, te.labels))}
     chance = float(jnp.max(jnp.bincount(te.labels, length=wcfg.c)) / te.labels.shape[0])
     ok, status = classifier_status(acc, chance, bayes)
     rep: dict[str, Any] = {
         "config": dataclasses.asdict(config), "world": dataclasses.asdict(wcfg),
         "ambient": wcfg.d, "classes": wcfg.c, "status": status, "accuracy": acc,
-        "bayes_accuracy": bayes, "chance_accuracy": chance,
+        "bayes_accuracy": bayes, "chance_accuracy": chance, **ce,
         "superposition": config.neurons < config.latents,
     }
     if config.neurons <= config.latents:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from superjax import _checks
 
@@ -95,11 +96,38 @@ class Trained(NamedTuple):
 def train(config: ClassifierConfig, x: Float[Array, "s d"], labels: Int[Array, " s"], *,
           progress: bool = True, chunk: int = 100) -> Trained:
     """Trains the classifier on (x, labels) with minibatches drawn by step from the seed."""
-    from tqdm.auto import tqdm
-
     x = _checks.float_array("x", x, ndims=(2,))
     _checks.same_size("x columns", x.shape[1], "d_in", config.d_in)
     labels = _checks.int_labels(labels, x.shape[0], config.classes)
+
+    def draw(key):
+        idx = jax.random.randint(key, (config.batch_size,), 0, x.shape[0])
+        return x[idx], labels[idx]
+
+    return _fit(config, draw, progress=progress, chunk=chunk)
+
+
+def train_online(config: ClassifierConfig, sampler: Callable[[PRNGKeyArray, int], tuple],
+                 *, progress: bool = True, chunk: int = 100) -> Trained:
+    """Trains the classifier on a fresh batch every step: ``sampler(key, size)`` returns
+    (x of shape (size, d_in), integer labels of shape (size,)) and must be traceable by jit.
+    Where data can be generated (a synthetic world) this minimises the population loss itself:
+    no sample is seen twice, so the network cannot overfit one training set."""
+    got = jax.eval_shape(lambda key: sampler(key, config.batch_size), jax.random.key(0))
+    want = ((config.batch_size, config.d_in), (config.batch_size,))
+    if (not isinstance(got, tuple) or len(got) != 2
+            or tuple(tuple(g.shape) for g in got) != want
+            or not jnp.issubdtype(got[1].dtype, jnp.integer)):
+        raise ValueError(f"sampler(key, {config.batch_size}) must return (x, labels) of shapes "
+                         f"{want[0]} and {want[1]} with integer labels; got {got}")
+    return _fit(config, lambda key: sampler(key, config.batch_size), progress=progress,
+                chunk=chunk)
+
+
+def _fit(config: ClassifierConfig, draw, *, progress: bool, chunk: int) -> Trained:
+    """AdamW on the cross-entropy of the batches ``draw(key)`` gives, keyed by step."""
+    from tqdm.auto import tqdm
+
     schedule = optax.cosine_decay_schedule(config.learning_rate, config.steps, alpha=0.05)
     tx = optax.adamw(schedule, weight_decay=config.weight_decay)
     model = Classifier(config, rngs=nnx.Rngs(config.seed))
@@ -114,10 +142,8 @@ def train(config: ClassifierConfig, x: Float[Array, "s d"], labels: Int[Array, "
 
     def step(carry, s):
         params, opt_state = carry
-        idx = jax.random.randint(jax.random.fold_in(order, s), (config.batch_size,), 0,
-                                 x.shape[0])
-        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x[idx],
-                                                                       labels[idx])
+        xb, yb = draw(jax.random.fold_in(order, s))
+        (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, xb, yb)
         updates, opt_state = tx.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, acc)
 

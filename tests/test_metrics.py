@@ -189,6 +189,9 @@ def test_splice_scores_closed_forms_and_scipy_reference():
         metrics.splice_scores(head, y, y_hat, mean[:5], labels)
     with pytest.raises(ValueError, match="labels must be integers"):
         metrics.splice_scores(head, y, y_hat, mean, labels.astype(jnp.float32))
+    assert float(metrics.cross_entropy(y_hat @ w, labels)) == pytest.approx(s, rel=1e-5)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        metrics.cross_entropy(logits, labels + 4)
 
 
 def test_bad_input():

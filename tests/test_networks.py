@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from superjax import cli, network_study, networks, world
+from superjax import cli, metrics, network_study, networks, world
 
 
 def _invert(w: world.World, x):
@@ -55,6 +55,35 @@ def test_classifier_learns_separable_classes():
     assert out.representation.shape == (900, 4) and networks.accuracy(out.logits, labels) > 0.97
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
         networks.train(cfg, x, labels + 1, progress=False)
+
+
+def test_online_training_reaches_the_population_optimum_of_a_softmax_world():
+    # Labels from softmax(W x): cross-entropy is a proper scoring rule, so fresh batches drive a
+    # linear classifier to logits W x up to a shift common to all classes.
+    w = jax.random.normal(jax.random.key(1), (4, 5))
+
+    def sampler(key, size):
+        kx, kc = jax.random.split(key)
+        x = jax.random.normal(kx, (size, 5))
+        return x, jax.random.categorical(kc, x @ w.T)
+
+    cfg = networks.ClassifierConfig(d_in=5, classes=4, neurons=4, hidden=(), steps=3000,
+                                    learning_rate=1e-2, weight_decay=0.0)
+    model = networks.train_online(cfg, sampler, progress=False).model
+    x, labels = sampler(jax.random.key(7), 50000)
+
+    def centred(logits):
+        return logits - logits.mean(-1, keepdims=True)
+
+    got, want = centred(networks.apply(model, x).logits), centred(x @ w.T)
+    assert float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want)) < 0.05
+    assert float(metrics.cross_entropy(networks.apply(model, x).logits, labels)) == pytest.approx(
+        float(metrics.cross_entropy(x @ w.T, labels)), abs=3e-3)
+    with pytest.raises(ValueError, match=r"sampler\(key, 256\) must return \(x, labels\)"):
+        networks.train_online(cfg, lambda key, size: sampler(key, size)[0], progress=False)
+    with pytest.raises(ValueError, match="integer labels"):
+        networks.train_online(cfg, lambda key, size: (sampler(key, size)[0], jnp.zeros(size)),
+                              progress=False)
 
 
 @pytest.mark.slow  # the default suite checks the same properties at N = 32 through test_demo
@@ -133,6 +162,8 @@ def test_digits_network_sae_scores_and_panels(tmp_path):
     (["identifiability", "--latents", "8", "--k", "9"], "k must be <= latents"),
     (["identifiability", "--lams", "0.1,1", "--restarts", "1"], "restarts must be >= 2"),
     (["identifiability", "--lams", "0.1,-1"], "lams must lie in [0, inf), got -1"),
+    (["identifiability", "--classifier-data", "stream"], "classifier_data must be one of"),
+    (["identifiability", "--classifier-steps", "0"], "steps must be >= 1"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, match, capsys, tmp_path):
     assert cli.main([*argv, "--out", str(tmp_path)]) == 2
