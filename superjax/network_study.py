@@ -47,6 +47,10 @@ class IdentifiabilityConfig:
         (docs/results.md).
       classifier_steps, classifier_batch, classifier_hidden, classifier_learning_rate: the
         classifier's AdamW training (see :class:`superjax.networks.ClassifierConfig`).
+        ``classifier_hidden=None`` gives two ReLU layers of width 2D (D = 2N, the world's
+        observation dimension): two ReLU units per generator unit invert its leaky ReLUs exactly,
+        u = relu(h) − relu(−h)/slope. At N = 64, width 256 reached R² 0.99 where 128 stopped at
+        0.97 (docs/results.md).
       sae_steps: the SAEs' optimisation steps.
       lam: L1 coefficient of the ReLU SAE (on inputs scaled to mean norm √M).
       lams, restarts: when ``lams`` is given, the ReLU SAE's λ is chosen among them without the
@@ -66,7 +70,7 @@ class IdentifiabilityConfig:
     classifier_data: str = "fresh"
     classifier_steps: int = 16000
     classifier_batch: int = 1024
-    classifier_hidden: tuple[int, ...] = (256, 256)
+    classifier_hidden: tuple[int, ...] | None = None
     classifier_learning_rate: float = 3e-3
     sae_steps: int = 3000
     lam: float = 0.1
@@ -82,7 +86,7 @@ class IdentifiabilityConfig:
         _checks.positive_int("samples", self.samples, minimum=1024)
         _checks.positive_int("test_samples", self.test_samples, minimum=256)
         _checks.one_of("classifier_data", self.classifier_data, CLASSIFIER_DATA)
-        _ = self.classifier(1)  # validates the classifier's settings
+        _ = self.classifier  # validates the classifier's settings
         _checks.positive_int("sae_steps", self.sae_steps)
         _checks.real_number("lam", self.lam, minimum=0.0)
         object.__setattr__(self, "lams", tuple(_checks.real_number("lams", v, minimum=0.0)
@@ -95,9 +99,12 @@ class IdentifiabilityConfig:
         return world.WorldConfig(latents=self.latents, k=self.k, classes=self.classes,
                                  sharpness=self.sharpness, seed=self.seed)
 
-    def classifier(self, d_in: int) -> networks.ClassifierConfig:
+    @property
+    def classifier(self) -> networks.ClassifierConfig:
+        d = self.world.d
         return networks.ClassifierConfig(
-            d_in=d_in, classes=self.world.c, neurons=self.neurons, hidden=self.classifier_hidden,
+            d_in=d, classes=self.world.c, neurons=self.neurons,
+            hidden=self.classifier_hidden or (2 * d, 2 * d),
             steps=self.classifier_steps, batch_size=self.classifier_batch,
             learning_rate=self.classifier_learning_rate, seed=self.seed)
 
@@ -181,7 +188,7 @@ def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
     k_train, k_test, k_pairs, k_eval = jax.random.split(jax.random.key(config.seed + 1), 4)
     tr = world.sample(k_train, w, wcfg, config.samples)
     te = world.sample(k_test, w, wcfg, config.test_samples)
-    ccfg = config.classifier(wcfg.d)
+    ccfg = config.classifier
     if config.classifier_data == "fresh":
         def fresh(key, size):
             batch = world.sample(key, w, wcfg, size)

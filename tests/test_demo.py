@@ -44,7 +44,10 @@ def test_demo_writes_report_with_figures_and_results(tmp_path):
     assert full["status"] == sup["status"] == "ok"
     # M = N: the representation is linear in the latents; M = N/2: superposition, where linear
     # decoding is capped but the SAE still lifts the latents out.
-    assert full["linear_r2"] > 0.7 and sup["linear_r2"] <= sup["linear_r2_ceiling"] + 0.02
+    # Trained on fresh batches, the classifier nears the cross-entropy optimum, where the theory
+    # makes its representation an affine image of the latents.
+    assert full["test_ce"] - full["bayes_ce"] < 0.1 and full["linear_r2"] > 0.85
+    assert sup["linear_r2"] <= sup["linear_r2_ceiling"] + 0.02
     assert sup["sae_latent_mcc"] > sup["neuron_latent_mcc"] + 0.3
     assert f"{sup['sae_latent_mcc']:.3f}" in text
     # The ReLU SAE's λ is chosen by seed agreement; scored by the truth afterwards, the choice is
