@@ -42,8 +42,9 @@ class IdentifiabilityConfig:
       classifier_data: "fresh" trains the classifier on a new batch of the world every step, so
         it descends the population cross-entropy, whose optimum makes the representation an
         affine image of z; "fixed" trains it on the ``samples`` set (the SAEs and the linear
-        read-out always use that set). A fixed set of 2^15 samples overfits: test CE 0.19 above
-        the Bayes CE and held-out linear R² 0.72, against 0.02 and 0.99 for fresh batches
+        read-out always use that set). The network memorises a fixed set of 2^15 samples' noisy
+        labels: at N = M = 64 its held-out CE ends 0.47 nats above the Bayes CE and linear R²
+        at 0.69 (session 25's 4000 steps of batch 256), against 0.02 and 0.99 for fresh batches
         (docs/results.md).
       classifier_steps, classifier_batch, classifier_hidden, classifier_learning_rate: the
         classifier's AdamW training (see :class:`superjax.networks.ClassifierConfig`).
