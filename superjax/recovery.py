@@ -196,6 +196,11 @@ def fixed_point(x, y, starts: Float[Array, "b d"], taus: Float[Array, " t"], sca
     return u, mass[-1], moves[-1]
 
 
+def _say(progress: Callable[[str], None] | None, line: str) -> None:
+    if progress:
+        progress(line)
+
+
 def _random_unit(key, b: int, d: int) -> Array:
     return ridge.unit(jax.random.normal(key, (b, d)))
 
@@ -436,8 +441,10 @@ def hessian(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
             f"(≥ {need * per + config.fit_queries} queries with the final fit); budget is "
             f"{config.budget}")
     kh, ks = jax.random.split(key)
+    _say(progress, f"hessian: {centres} finite-difference Hessians of {per} queries each")
     mats = finite_difference_hessians(oracle, kh, centres, config.h, config.scale)
     found, diag = _spm_candidates(mats, ks, None, config.max_features)
+    _say(progress, f"hessian: {found.shape[0]} candidate directions")
     return found, {**diag, "hessians": centres}
 
 
@@ -504,6 +511,8 @@ def hermite(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
     mats = (evecs[:, :rank].T * jnp.abs(evals[:rank])[:, None]).reshape(rank, d, d)
     found, diag = _spm_candidates(0.5 * (mats + jnp.swapaxes(mats, 1, 2)), ks, rank,
                                   config.max_features)
+    _say(progress, f"hermite: moment rank {rank} above the noise edge, {found.shape[0]} "
+                   "candidate directions")
     return found, {**diag, "noise_edge": edge}
 
 
@@ -538,12 +547,14 @@ def student(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
             return (optax.apply_updates(p, upd), state), None
         return jax.lax.scan(body, (params, tx.init(params)), jnp.arange(steps))[0][0]
 
+    _say(progress, f"student: {width} ReLU units, {steps} Adam steps on {x.shape[0]} queries")
     params = train(params)
     strength = jnp.abs(params["c"]) * jnp.linalg.norm(params["w"], axis=1)
     v = ridge.unit(params["w"])
     live = np.asarray(strength > 0.02 * strength.max())
     # Units on one line with different biases represent one ridge term: merge up to sign.
     found = dedupe(np.asarray(v)[live], np.asarray(strength)[live], 0.99)
+    _say(progress, f"student: {int(live.sum())} live units, {len(found)} candidate directions")
     return jnp.asarray(found), {"width": width, "live_units": int(live.sum())}
 
 
@@ -910,7 +921,8 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
                   "split_added": int(tidy.directions.shape[0] - v.shape[0])}
 
 
-def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: RecoveryConfig
+def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: RecoveryConfig,
+           progress: Callable[[str], None] | None = None
            ) -> tuple[Array, ridge.RidgeModel, dict]:
     """Fits the ridge model on fresh queries, refines it, drops empty or redundant directions,
     splits merged close pairs, refines the result once more (warm-started), drops directions
@@ -922,32 +934,47 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
     reproduces both within a tenth of the fit's residual, never by angle alone: a clustered pair
     at Δ = 0.1 rad (|cos| 0.995) that the search separated is two features, a candidate found
     twice is one (:func:`_tidy`). With ``config.split`` the result then goes through
-    :func:`split`.
+    :func:`split`. ``progress`` gets a line per stage: directions, relative error, seconds.
     """
+    start = time.perf_counter()
+
+    def say(stage: str) -> None:
+        if progress:
+            error = float(ridge.relative_mse(model, x, y))
+            progress(f"finish: {stage}: {model.directions.shape[0]} directions, relative error "
+                     f"{error:.3g} ({time.perf_counter() - start:.0f} s)")
+
     x, y = _fit_queries(oracle, key, config.fit_queries, config.scale)
     extent = 9.0 * config.scale
     model = fit_ridge(candidates, x, y, extent=extent, refine=config.refine)
+    say(f"fit of {candidates.shape[0]} candidates on {config.fit_queries} fresh queries")
     if candidates.shape[0]:
         model = _tidy(model, x, y, extent=extent, refine=False)
+        say("silent and duplicate directions removed")
     diag = {}
     if config.split and model.directions.shape[0]:
         model, diag = split(model, x, y, jax.random.fold_in(key, 1), extent=extent)
+        say("split stage " + ("accepted" if diag["split_accepted"] else "rejected"))
     if config.refine and model.directions.shape[0]:
         # The fits above end short of the optimum (the tidy refits start cold, the joint ones
         # stop after 100 steps): one more joint fit from the result converges. At d = 16 it
         # lowered the error at twice the query scale up to 2.5× and halved the mean angle.
         model = fit_ridge(model.directions, x, y, extent=extent, refine=True, start=model)
+        say("joint refit")
         if config.drop:
             model, diag["dropped"] = drop_redundant(model, x, y, extent=extent)
+            say(f"{diag['dropped']} redundant dropped")
         if config.split:
             # Pairs still merged, one at a time; then the new pairs' clusters face the drop test.
             model, pairs = split_pairs(model, x, y, jax.random.fold_in(key, 2), extent=extent)
             diag["pairs_split"] = pairs
+            say(f"{pairs} merged pairs split")
             if pairs and config.drop:
                 m = model.directions.shape[0]
                 model, dropped = drop_redundant(model, x, y, extent=extent,
                                                 only=np.arange(m - 2 * pairs, m))
                 diag["dropped"] += dropped
+                say(f"{dropped} more dropped")
     return model.directions, model, diag
 
 
@@ -967,7 +994,7 @@ def recover(oracle: Oracle, method: str, key, config: RecoveryConfig = RecoveryC
     start, used = time.perf_counter(), oracle.queries
     ks, kf = jax.random.split(key)
     candidates, diag = SEARCHES[method](oracle, ks, config, progress=progress)
-    directions, model, split_diag = finish(oracle, kf, candidates, config)
+    directions, model, split_diag = finish(oracle, kf, candidates, config, progress)
     diag = {**diag, **split_diag, "candidates": np.asarray(candidates)}
     return RecoveryResult(directions, model, oracle.queries - used, time.perf_counter() - start,
                           diag)

@@ -366,8 +366,9 @@ def test_finish_keeps_a_separated_close_pair_and_merges_a_candidate_found_twice(
     v = np.asarray(target.directions)
     again = np.asarray(ridge.unit(jnp.asarray(v[2] + 0.005 * v[3])[None]))
     candidates = jnp.asarray(np.concatenate([v, again]))
+    messages = []
     directions, model, _ = R.finish(orc, jax.random.key(26), candidates, R.RecoveryConfig(
-        budget=20_000, fit_queries=12_000, split=False))
+        budget=20_000, fit_queries=12_000, split=False), progress=messages.append)
     assert directions.shape[0] == 4
     cos = np.abs(v @ np.asarray(directions).T)
     assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.99), cos
@@ -380,6 +381,12 @@ def test_finish_keeps_a_separated_close_pair_and_merges_a_candidate_found_twice(
     again = R.fit_ridge(directions, xf, yf, extent=9.0, refine=True, start=model)
     before = float(ridge.relative_mse(model, xf, yf))
     assert float(ridge.relative_mse(again, xf, yf)) > 0.995 * before
+    # One progress line per stage, the last one describing the returned model.
+    assert messages[0].startswith("finish: fit of 5 candidates on 12000 fresh queries: "
+                                  "5 directions")
+    assert messages[1].startswith("finish: silent and duplicate directions removed: 4 directions")
+    assert messages[-1].startswith("finish: 0 redundant dropped: 4 directions, relative error "
+                                   f"{before:.3g} (")
 
 
 def test_cluster_fit_converges_in_a_few_gauss_newton_steps():
