@@ -228,7 +228,10 @@ def shrinkage(y: Float[Array, "s m"], y_hat: Float[Array, "s m"]) -> Float[Array
 def cross_entropy(logits: Float[Array, "s c"], labels) -> Array:
     """Mean cross-entropy of integer ``labels`` under softmax(``logits``), in nats."""
     logits = _rows("logits", logits)
-    labels = _checks.int_labels(labels, logits.shape[0], logits.shape[1])
+    return _cross_entropy(logits, _checks.int_labels(labels, logits.shape[0], logits.shape[1]))
+
+
+def _cross_entropy(logits, labels) -> Array:
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
@@ -257,12 +260,12 @@ def splice_scores(head: Callable[[Array], Array], y: Float[Array, "s m"],
     y, y_hat = _pair(y, y_hat)
     baseline = _rows("baseline", baseline, ndim=1)
     _checks.same_size("baseline length", baseline.shape[0], "layer width", y.shape[1])
-    labels = _checks.int_labels(labels, y.shape[0])
     clean, spliced = head(y), head(y_hat)
     ablated = head(jnp.broadcast_to(baseline, y.shape))
+    labels = _checks.int_labels(labels, y.shape[0], clean.shape[-1])  # checked once for all three
 
     def ce(logits):
-        return cross_entropy(logits, labels)
+        return _cross_entropy(logits, labels)
 
     def accuracy(logits):
         return jnp.mean(jnp.argmax(logits, -1) == labels)

@@ -201,15 +201,15 @@ def identifiability(config: IdentifiabilityConfig, out: str | pathlib.Path, *,
     test_out = networks.apply(net, te.x)
     acc = networks.accuracy(test_out.logits, te.labels)
     bayes = networks.accuracy(te.logits, te.labels)
-    # How close the classifier came to the cross-entropy optimum, the premise of identifiability
-    ce = {"test_ce": float(metrics.cross_entropy(test_out.logits, te.labels)),
-          "bayes_ce": float(metrics.cross_entropy(te.logits, te.labels))}
     chance = float(jnp.max(jnp.bincount(te.labels, length=wcfg.c)) / te.labels.shape[0])
     ok, status = classifier_status(acc, chance, bayes)
     rep: dict[str, Any] = {
         "config": dataclasses.asdict(config), "world": dataclasses.asdict(wcfg),
         "ambient": wcfg.d, "classes": wcfg.c, "status": status, "accuracy": acc,
-        "bayes_accuracy": bayes, "chance_accuracy": chance, **ce,
+        "bayes_accuracy": bayes, "chance_accuracy": chance,
+        # how close the classifier came to the cross-entropy optimum, identifiability's premise
+        "test_ce": float(metrics.cross_entropy(test_out.logits, te.labels)),
+        "bayes_ce": float(metrics.cross_entropy(te.logits, te.labels)),
         "superposition": config.neurons < config.latents,
     }
     if config.neurons <= config.latents:

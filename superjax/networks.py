@@ -113,15 +113,17 @@ def train_online(config: ClassifierConfig, sampler: Callable[[PRNGKeyArray, int]
     (x of shape (size, d_in), integer labels of shape (size,)) and must be traceable by jit.
     Where data can be generated (a synthetic world) this minimises the population loss itself:
     no sample is seen twice, so the network cannot overfit one training set."""
-    got = jax.eval_shape(lambda key: sampler(key, config.batch_size), jax.random.key(0))
+    def draw(key):
+        return sampler(key, config.batch_size)
+
+    got = jax.eval_shape(draw, jax.random.key(0))
     want = ((config.batch_size, config.d_in), (config.batch_size,))
     if (not isinstance(got, tuple) or len(got) != 2
             or tuple(tuple(g.shape) for g in got) != want
             or not jnp.issubdtype(got[1].dtype, jnp.integer)):
         raise ValueError(f"sampler(key, {config.batch_size}) must return (x, labels) of shapes "
                          f"{want[0]} and {want[1]} with integer labels; got {got}")
-    return _fit(config, lambda key: sampler(key, config.batch_size), progress=progress,
-                chunk=chunk)
+    return _fit(config, draw, progress=progress, chunk=chunk)
 
 
 def _fit(config: ClassifierConfig, draw, *, progress: bool, chunk: int) -> Trained:

@@ -317,16 +317,15 @@ def fourier(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(),
                 break
         rounds.append({"round": r, "converged": int(converged.sum()), "new": len(new),
                        "kept": len(found), "residual_fraction": frac, "retries": attempt})
-        if progress:
-            progress(f"fourier round {r}: residual {frac:.3g} of var f, {len(found)} kept, "
-                     f"{len(new)} new")
+        _say(progress, f"fourier round {r}: residual {frac:.3g} of var f, {len(found)} kept, "
+                       f"{len(new)} new")
         if len(new) == 0:
             stop = "nothing new"
             break
         found = np.concatenate([found, new])
-    if stop == "round cap" and progress:
-        progress(f"fourier: stopped at the cap of {config.rounds} rounds while still finding "
-                 "directions; raise RecoveryConfig.rounds")
+    if stop == "round cap":
+        _say(progress, f"fourier: stopped at the cap of {config.rounds} rounds while still "
+                       "finding directions; raise RecoveryConfig.rounds")
     return jnp.asarray(found), {"rounds": rounds, "stop": stop,
                                 "search_queries": int(x.shape[0])}
 
