@@ -134,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-drop", action="store_true",
                    help="keep directions that their close neighbours can take over "
                         "(recovery.drop_redundant)")
+    r.add_argument("--no-polish", action="store_true",
+                   help="skip the last refit on the search's own queries that the measured fit "
+                        "variance calls for at high noise (recovery.polish)")
     r.add_argument("--fit-queries", type=int, default=None,
                    help="queries of the finishing fit, out of the budget (default: a fifth of "
                         "it, at most 40000; more tells weak features from noise at high noise)")
@@ -293,7 +296,7 @@ def _recover(args) -> None:
         d=args.d, n=args.n, responses=args.responses, directions=args.directions,
         delta=args.delta, noise=args.noise, method=args.method, budget=args.budget,
         degenerate=args.degenerate, seed=args.seed, split=not args.no_split,
-        drop=not args.no_drop, fit_queries=args.fit_queries)
+        drop=not args.no_drop, polish=not args.no_polish, fit_queries=args.fit_queries)
     _writable(args.out)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     rep = recovery_study.run(config, args.out, progress=say)

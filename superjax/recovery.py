@@ -5,7 +5,8 @@ Every method takes an :class:`~superjax.oracle.Oracle`, a key and a query budget
 (:mod:`superjax.ridge`) is fitted on fresh queries along the candidate directions, optionally
 refined jointly with them; directions whose fitted response carries no variance are dropped, close
 pairs that one direction stands for are split, and directions whose neighbours can take them over
-are dropped at the end.
+are dropped at the end; where the fit's measured variance calls for it (high noise), the result is
+refitted on the search's own queries as well (:func:`polish`).
 
 * ``fourier`` — the Gaussian-windowed Fourier search (query-recovery.md §2–§4). One query set
   x ~ N(0, s²I) serves every frequency. The gradient field Ĝ(ω) = E[x f e^{−iωx}]/s² + iω F̂(ω)
@@ -76,6 +77,10 @@ DROP_CLOSE, DROP_LARGEST, DROP_STEPS, DROP_AIC = 0.9, 8, 6, 2.0
 #: (the twin travels from SPLIT_ANGLE along its aim, or a random perpendicular, to the missing
 #: member).
 PAIR_STEPS = 20
+#: :func:`polish` refits the finished model on more queries (the search's own, reused) until the
+#: fit's variance (measured by halving the fit's queries) falls to POLISH_TARGET of var f, and
+#: keeps the refit when it lowers the error on POLISH_HOLDOUT of them that it did not use.
+POLISH_TARGET, POLISH_HOLDOUT = 1e-5, 20_000
 #: A drop by this factor between consecutive singular values of the Hessian span marks exact data.
 EXACT_GAP = 1e3
 #: Eigenvalues of the order-4 Hermite moment count as signal above this multiple of the noise edge.
@@ -106,6 +111,8 @@ class RecoveryConfig:
         at the end each remaining direction on its own (:func:`split_pairs`).
       drop: with ``refine``, end by dropping directions that their close neighbours can take
         over (:func:`drop_redundant`): duplicates of one feature, or one too many in a cluster.
+      polish: with ``refine``, refit the finished model on as many of the search's queries as
+        the noise it measures calls for (:func:`polish`).
       scale: query scale s (queries x ~ N(0, s²I)).
       starts: random starts per Fourier round; rounds: a safety cap on the peeling rounds. The
         search stops on its own when a round finds nothing new (after ``EMPTY_RETRIES`` fresh
@@ -122,6 +129,7 @@ class RecoveryConfig:
     refine: bool = True
     split: bool = True
     drop: bool = True
+    polish: bool = True
     scale: float = 1.0
     starts: int = 128
     rounds: int = 40
@@ -327,7 +335,7 @@ def fourier(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(),
         _say(progress, f"fourier: stopped at the cap of {config.rounds} rounds while still "
                        "finding directions; raise RecoveryConfig.rounds")
     return jnp.asarray(found), {"rounds": rounds, "stop": stop,
-                                "search_queries": int(x.shape[0])}
+                                "search_queries": int(x.shape[0]), "queries": (x, y)}
 
 
 # ----------------------------------------------------------------------------- Hessian / Hermite
@@ -512,7 +520,8 @@ def hermite(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
                                   config.max_features)
     _say(progress, f"hermite: moment rank {rank} above the noise edge, {found.shape[0]} "
                    "candidate directions")
-    return found, {**diag, "noise_edge": edge}
+    # Its queries are at scale 1: reusable by the polish only where that is the query scale.
+    return found, {**diag, "noise_edge": edge, **({"queries": (x, y)} if config.scale == 1 else {})}
 
 
 # ----------------------------------------------------------------------------- student network
@@ -554,7 +563,7 @@ def student(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
     # Units on one line with different biases represent one ridge term: merge up to sign.
     found = dedupe(np.asarray(v)[live], np.asarray(strength)[live], 0.99)
     _say(progress, f"student: {int(live.sum())} live units, {len(found)} candidate directions")
-    return jnp.asarray(found), {"width": width, "live_units": int(live.sum())}
+    return jnp.asarray(found), {"width": width, "live_units": int(live.sum()), "queries": (x, y)}
 
 
 # ----------------------------------------------------------------------------- shared pipeline
@@ -920,9 +929,48 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
                   "split_added": int(tidy.directions.shape[0] - v.shape[0])}
 
 
+def polish(model: ridge.RidgeModel, x, y, pool: tuple[Array, Array], *, extent: float,
+           target: float = POLISH_TARGET) -> tuple[ridge.RidgeModel, dict]:
+    """Refits ``model`` (fitted on ``x, y``) on more queries when its variance calls for it: the
+    finishing fit's error at noise η carries a variance term ≈ η²·p/Q of var f (p parameters,
+    Q queries), which at η = 0.1 sets the error and the angles, not the search.
+
+    ``pool`` holds queries that the search drew at the query scale and no fit has used. The
+    variance term V is measured by halving: the model refitted (warm-started) on every second
+    query has error bias + 2V on the pool against the model's bias + V, so their difference is
+    V, in units of the pool's variance, with no parameter count assumed; the pool's noise is
+    common to both and cancels. When V > ``target`` the model is refitted jointly
+    (warm-started) on ``x, y`` plus the first ⌈Q·(V/target − 1)⌉ of the pool (at most all but
+    its last ``POLISH_HOLDOUT``, a fifth at most), and the refit is kept only when its error
+    on those held-out queries is lower. Returns the model and diagnostics.
+    """
+    px, py = pool
+    scale = float(jnp.var(py))
+
+    def error(m, xs, ys) -> float:
+        return float(jnp.mean((ys - ridge.predict(m, xs)) ** 2)) / scale
+
+    half = fit_ridge(model.directions, x[::2], y[::2], extent=extent, refine=True, start=model)
+    variance = max(0.0, error(half, px, py) - error(model, px, py))
+    hold = min(POLISH_HOLDOUT, px.shape[0] // 5)
+    xh, yh = px[px.shape[0] - hold:], py[py.shape[0] - hold:]
+    extra = min(px.shape[0] - hold, int(np.ceil(x.shape[0] * (variance / target - 1))))
+    diag = {"polish_variance": variance, "polish_queries": 0, "polish_accepted": False}
+    if variance <= target or extra <= 0:
+        return model, diag
+    grown = fit_ridge(model.directions, jnp.concatenate([x, px[:extra]]),
+                      jnp.concatenate([y, py[:extra]]), extent=extent, refine=True, start=model)
+    before, after = error(model, xh, yh), error(grown, xh, yh)
+    diag.update(polish_queries=int(x.shape[0] + extra), polish_error_before=before,
+                polish_error_after=after)
+    if after >= before:
+        return model, diag
+    return grown, {**diag, "polish_accepted": True}
+
+
 def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: RecoveryConfig,
-           progress: Callable[[str], None] | None = None
-           ) -> tuple[Array, ridge.RidgeModel, dict]:
+           progress: Callable[[str], None] | None = None,
+           pool: tuple[Array, Array] | None = None) -> tuple[Array, ridge.RidgeModel, dict]:
     """Fits the ridge model on fresh queries, refines it, drops empty or redundant directions,
     splits merged close pairs, refines the result once more (warm-started), drops directions
     that their close neighbours can take over (:func:`drop_redundant`, with ``config.drop``),
@@ -933,7 +981,9 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
     reproduces both within a tenth of the fit's residual, never by angle alone: a clustered pair
     at Δ = 0.1 rad (|cos| 0.995) that the search separated is two features, a candidate found
     twice is one (:func:`_tidy`). With ``config.split`` the result then goes through
-    :func:`split`. ``progress`` gets a line per stage: directions, relative error, seconds.
+    :func:`split`. With ``config.polish`` and the search's unused ``pool`` of queries, the
+    result is refitted on as many of them as its measured variance calls for (:func:`polish`).
+    ``progress`` gets a line per stage: directions, relative error, seconds.
     """
     start = time.perf_counter()
 
@@ -974,6 +1024,13 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
                                                 only=np.arange(m - 2 * pairs, m))
                 diag["dropped"] += dropped
                 say(f"{dropped} more dropped")
+        if config.polish and pool is not None and model.directions.shape[0]:
+            model, polished = polish(model, x, y, pool, extent=extent)
+            diag.update(polished)
+            say(f"polish: fit variance {polished['polish_variance']:.2g} of var y, "
+                + (f"refit on {polished['polish_queries']} queries "
+                   + ("kept" if polished["polish_accepted"] else "rejected")
+                   if polished["polish_queries"] else "no refit"))
     return model.directions, model, diag
 
 
@@ -993,7 +1050,8 @@ def recover(oracle: Oracle, method: str, key, config: RecoveryConfig = RecoveryC
     start, used = time.perf_counter(), oracle.queries
     ks, kf = jax.random.split(key)
     candidates, diag = SEARCHES[method](oracle, ks, config, progress=progress)
-    directions, model, split_diag = finish(oracle, kf, candidates, config, progress)
+    pool = diag.pop("queries", None)
+    directions, model, split_diag = finish(oracle, kf, candidates, config, progress, pool)
     diag = {**diag, **split_diag, "candidates": np.asarray(candidates)}
     return RecoveryResult(directions, model, oracle.queries - used, time.perf_counter() - start,
                           diag)

@@ -30,6 +30,7 @@ class RecoverConfig:
     seed: int = 0
     split: bool = True
     drop: bool = True
+    polish: bool = True
     fit_queries: int | None = None
 
     def __post_init__(self):
@@ -55,7 +56,7 @@ class RecoverConfig:
         fit = (min(40_000, max(1000, self.budget // 5)) if self.fit_queries is None
                else self.fit_queries)
         return recovery.RecoveryConfig(budget=self.budget, fit_queries=fit, split=self.split,
-                                       drop=self.drop)
+                                       drop=self.drop, polish=self.polish)
 
 
 def run(config: RecoverConfig, out: pathlib.Path | None = None, progress=None) -> dict:
