@@ -571,6 +571,9 @@ def student(oracle: Oracle, key, config: RecoveryConfig = RecoveryConfig(), prog
 
 # ----------------------------------------------------------------------------- shared pipeline
 
+#: method → search(oracle, key, config, progress) → (candidates, diagnostics). A search may put
+#: the queries it drew in ``diagnostics["queries"]`` as (x, y), their last ``POLISH_HOLDOUT`` at
+#: the query scale: :func:`recover` takes them out and :func:`polish` may reuse them.
 SEARCHES = {"fourier": fourier, "hessian": hessian, "hermite": hermite, "student": student}
 
 
@@ -938,11 +941,12 @@ def polish(model: ridge.RidgeModel, x, y, pool: tuple[Array, Array], *, extent: 
     finishing fit's error at noise η carries a variance term ≈ η²·p/Q of var f (p parameters,
     Q queries), which at η = 0.1 sets the error and the angles, not the search.
 
-    ``pool`` holds queries that the search drew at the query scale and no fit has used. The
-    variance term V is measured by halving: the model refitted (warm-started) on every second
-    query has error bias + 2V on the pool against the model's bias + V, so their difference is
-    V, in units of the pool's variance, with no parameter count assumed; the pool's noise is
-    common to both and cancels. When V > ``target`` the model is refitted jointly
+    ``pool`` holds queries that the search drew (the last ``POLISH_HOLDOUT`` of them at the
+    query scale), independent of ``x, y``. The variance term V is measured by halving: the model
+    refitted (warm-started) on every second query has error bias + 2V on the pool against the
+    model's bias + V, so their difference is V, in units of the pool's variance, with no
+    parameter count assumed; the pool's noise is common to both and cancels. When
+    V > ``target`` the model is refitted jointly
     (warm-started) on ``x, y`` plus the first ⌈Q·(V/target − 1)⌉ of the pool (at most all but
     its last ``POLISH_HOLDOUT``, a fifth at most, and at most ``POLISH_MAX_ENTRIES`` queries ×
     directions in all), and the refit is kept only when its error on those held-out queries
