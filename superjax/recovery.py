@@ -81,9 +81,6 @@ PAIR_STEPS = 20
 #: fit's variance (measured by halving the fit's queries) falls to POLISH_TARGET of var f, and
 #: keeps the refit when it lowers the error on POLISH_HOLDOUT of them that it did not use.
 POLISH_TARGET, POLISH_HOLDOUT = 1e-5, 20_000
-#: The refit's queries × directions at most: its memory grows with both (d = 32, 128 directions
-#: on 7.8·10⁵ queries, 10⁸ entries, peaked at 10 GB on the CPU); 5·10⁷ keeps it near 5 GB.
-POLISH_MAX_ENTRIES = 50_000_000
 #: A drop by this factor between consecutive singular values of the Hessian span marks exact data.
 EXACT_GAP = 1e3
 #: Eigenvalues of the order-4 Hermite moment count as signal above this multiple of the noise edge.
@@ -948,24 +945,21 @@ def polish(model: ridge.RidgeModel, x, y, pool: tuple[Array, Array], *, extent: 
     parameter count assumed; the pool's noise is common to both and cancels. When
     V > ``target`` the model is refitted jointly
     (warm-started) on ``x, y`` plus the first ⌈Q·(V/target − 1)⌉ of the pool (at most all but
-    its last ``POLISH_HOLDOUT``, a fifth at most, and at most ``POLISH_MAX_ENTRIES`` queries ×
-    directions in all), and the refit is kept only when its error on those held-out queries
-    is lower. Returns the model and diagnostics.
+    its last ``POLISH_HOLDOUT``, a fifth at most; :func:`ridge.fit` chunks them, so memory
+    stays flat), and the refit is kept only when its error on those held-out queries is lower.
+    Returns the model and diagnostics.
     """
     px, py = pool
     scale = float(jnp.var(py))
 
-    def error(m, xs, ys, chunk: int = 65_536) -> float:  # in chunks: the pool can be large
-        total = sum(float(jnp.sum((ys[i:i + chunk] - ridge.predict(m, xs[i:i + chunk])) ** 2))
-                    for i in range(0, xs.shape[0], chunk))
-        return total / (xs.shape[0] * scale)
+    def error(m, xs, ys) -> float:
+        return float(ridge.relative_mse(m, xs, ys) * jnp.var(ys)) / scale
 
     half = fit_ridge(model.directions, x[::2], y[::2], extent=extent, refine=True, start=model)
     variance = max(0.0, error(half, px, py) - error(model, px, py))
     hold = min(POLISH_HOLDOUT, px.shape[0] // 5)
     xh, yh = px[px.shape[0] - hold:], py[py.shape[0] - hold:]
-    room = POLISH_MAX_ENTRIES // max(1, model.directions.shape[0]) - x.shape[0]
-    extra = min(px.shape[0] - hold, room, int(np.ceil(x.shape[0] * (variance / target - 1))))
+    extra = min(px.shape[0] - hold, int(np.ceil(x.shape[0] * (variance / target - 1))))
     diag = {"polish_variance": variance, "polish_queries": 0, "polish_accepted": False}
     if variance <= target or extra <= 0:
         return model, diag

@@ -46,6 +46,33 @@ def test_fit_reaches_the_least_squares_optimum():
     assert got <= best * 1.02 + 1e-7, (got, best)
 
 
+def test_fits_on_many_queries_run_in_chunks_with_the_same_result(monkeypatch):
+    # Beyond CHUNK queries the loss, its gradient and the preconditioner are sums over chunks
+    # (the last one padded and masked): the same numbers as in one piece, and the same fit.
+    d, q = 4, 2500
+    v = ridge.unit(jax.random.normal(jax.random.key(5), (3, d)))
+    x = jax.random.normal(jax.random.key(6), (q, d))
+    y = jnp.sin(2 * x @ v[0]) + jnp.tanh(x @ v[1]) + jax.nn.relu(x @ v[2]) + 0.1 * x[:, 0]
+    start = ridge.init(ridge.unit(v + 0.1 * jax.random.normal(jax.random.key(7), v.shape)),
+                       knots=12, extent=4.5)
+    fit = ridge.fit.__wrapped__  # unjitted: reads CHUNK at every call
+
+    def outputs():
+        loss, grad = jax.value_and_grad(ridge._loss)(start, x, y)
+        return loss, grad, ridge._preconditioner(start, x), fit(start, x, y, directions=True,
+                                                               steps=30)
+
+    whole = outputs()
+    monkeypatch.setattr(ridge, "CHUNK", 1000)  # three chunks, the last half padding
+    chunked = outputs()
+    np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(chunked[1:3]), jax.tree.leaves(whole[1:3]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(chunked[3].directions, whole[3].directions, atol=1e-4)
+    assert abs(float(ridge.relative_mse(chunked[3], x, y))
+               - float(ridge.relative_mse(whole[3], x, y))) < 1e-6
+
+
 def test_joint_refinement_sharpens_directions():
     d = 6
     v = ridge.unit(jax.random.normal(jax.random.key(2), (3, d)))
