@@ -78,7 +78,7 @@ DROP_CLOSE, DROP_LARGEST, DROP_STEPS, DROP_AIC = 0.9, 8, 6, 2.0
 #: member).
 PAIR_STEPS = 20
 #: :func:`polish` refits the finished model on more queries (the search's own, reused) until the
-#: fit's variance (measured by halving the fit's queries) falls to POLISH_TARGET of var f, and
+#: fit's variance (measured by halving the fit's queries) falls to POLISH_TARGET of var y, and
 #: keeps the refit when it lowers the error on POLISH_HOLDOUT of them that it did not use.
 POLISH_TARGET, POLISH_HOLDOUT = 1e-5, 20_000
 #: A drop by this factor between consecutive singular values of the Hessian span marks exact data.
@@ -943,11 +943,10 @@ def polish(model: ridge.RidgeModel, x, y, pool: tuple[Array, Array], *, extent: 
     refitted (warm-started) on every second query has error bias + 2V on the pool against the
     model's bias + V, so their difference is V, in units of the pool's variance, with no
     parameter count assumed; the pool's noise is common to both and cancels. When
-    V > ``target`` the model is refitted jointly
-    (warm-started) on ``x, y`` plus the first ⌈Q·(V/target − 1)⌉ of the pool (at most all but
-    its last ``POLISH_HOLDOUT``, a fifth at most; :func:`ridge.fit` chunks them, so memory
-    stays flat), and the refit is kept only when its error on those held-out queries is lower.
-    Returns the model and diagnostics.
+    V > ``target`` the model is refitted jointly (warm-started) on ``x, y`` plus the first
+    ⌈Q·(V/target − 1)⌉ of the pool (at most all but its last ``POLISH_HOLDOUT``, a fifth at
+    most; :func:`ridge.fit` chunks them, so memory stays flat), and the refit is kept only when
+    its error on those held-out queries is lower. Returns the model and diagnostics.
     """
     px, py = pool
     scale = float(jnp.var(py))
