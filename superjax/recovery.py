@@ -952,7 +952,7 @@ def polish(model: ridge.RidgeModel, x, y, pool: tuple[Array, Array], *, extent: 
     scale = float(jnp.var(py))
 
     def error(m, xs, ys) -> float:
-        return float(ridge.relative_mse(m, xs, ys) * jnp.var(ys)) / scale
+        return float(ridge.mse(m, xs, ys)) / scale
 
     half = fit_ridge(model.directions, x[::2], y[::2], extent=extent, refine=True, start=model)
     variance = max(0.0, error(half, px, py) - error(model, px, py))
@@ -1031,10 +1031,10 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
         if config.polish and pool is not None and model.directions.shape[0]:
             model, polished = polish(model, x, y, pool, extent=extent)
             diag.update(polished)
-            say(f"polish: fit variance {polished['polish_variance']:.2g} of var y, "
-                + (f"refit on {polished['polish_queries']} queries "
-                   + ("kept" if polished["polish_accepted"] else "rejected")
-                   if polished["polish_queries"] else "no refit"))
+            outcome = ("no refit" if not polished["polish_queries"] else
+                       f"refit on {polished['polish_queries']} queries "
+                       + ("kept" if polished["polish_accepted"] else "rejected"))
+            say(f"polish: fit variance {polished['polish_variance']:.2g} of var y, {outcome}")
     return model.directions, model, diag
 
 

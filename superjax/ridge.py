@@ -114,18 +114,24 @@ def _chunks(*arrays: Array) -> tuple[Array, ...]:
     return (*(stack(a) for a in arrays), stack(jnp.ones(q, arrays[0].dtype)))
 
 
-def _chunked_sq(model: RidgeModel, xs: Array, ys: Array, ws: Array) -> Array:
-    """Σ (f̂ − y)² over :func:`_chunks` of the queries."""
+def _queries(x: Array, y: Array) -> tuple[Array, ...]:
+    """The queries as :func:`_mean_sq` takes them: (x, y) up to ``CHUNK`` of them, else their
+    :func:`_chunks` (x, y, weight). A fit prepares them once, outside its iterations."""
+    return (x, y) if x.shape[0] <= CHUNK else _chunks(x, y)
+
+
+def _mean_sq(model: RidgeModel, queries: tuple[Array, ...], q: int) -> Array:
+    """mean (f̂ − y)² over ``q`` queries prepared by :func:`_queries`."""
+    if len(queries) == 2:
+        x, y = queries
+        return jnp.mean((predict(model, x) - y) ** 2)
     part = jax.checkpoint(lambda m, xc, yc, wc: jnp.sum(wc * (predict(m, xc) - yc) ** 2))
-    total, _ = jax.lax.scan(lambda t, c: (t + part(model, *c), None), jnp.zeros(()),
-                            (xs, ys, ws))
-    return total
+    total, _ = jax.lax.scan(lambda t, c: (t + part(model, *c), None), jnp.zeros(()), queries)
+    return total / q
 
 
 def _loss(model, x, y):
-    if x.shape[0] <= CHUNK:
-        return jnp.mean((predict(model, x) - y) ** 2)
-    return _chunked_sq(model, *_chunks(x, y)) / x.shape[0]
+    return _mean_sq(model, _queries(x, y), x.shape[0])
 
 
 def roughness(model: RidgeModel) -> Float[Array, ""]:
@@ -181,14 +187,11 @@ def fit(model: RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
         directions=live[:, None] * moves * jnp.ones_like(model.directions),
         coef=live[:, None] * jnp.ones_like(model.coef), lo=jnp.zeros(()), hi=jnp.zeros(()))
     pre = _preconditioner(model, x)
-    # Many queries: chunk them once, outside the loop (_loss would pad them at every step).
-    chunks = _chunks(x, y) if x.shape[0] > CHUNK else None
+    queries = _queries(x, y)
 
     def loss(p):
         model = jax.tree.map(jnp.divide, p, pre)
-        error = (_loss(model, x, y) if chunks is None
-                 else _chunked_sq(model, *chunks) / x.shape[0])
-        return scale * (error + smoothing * roughness(model))
+        return scale * (_mean_sq(model, queries, x.shape[0]) + smoothing * roughness(model))
 
     tx = optax.lbfgs()
     value_and_grad = optax.value_and_grad_from_state(loss)
@@ -261,11 +264,16 @@ def canonical(model: RidgeModel, x: Float[Array, "b d"]) -> RidgeModel:
         quad=model.quad + jnp.einsum("m,mi,mj->ij", coef[:, 2], u, u))
 
 
+def mse(model: RidgeModel, x, y) -> Float[Array, ""]:
+    """mean (f̂ − y)²."""
+    return _loss(model, x, y)
+
+
 def relative_mse(model: RidgeModel, x, y) -> Float[Array, ""]:
     """mean (f̂ − f)² / var f."""
     return _loss(model, x, y) / jnp.var(y)
 
 
 # Called on every fit's result: one compiled program each instead of op-by-op dispatch.
-predict, responses, nonpolynomial_share, canonical, relative_mse = (
-    jax.jit(f) for f in (predict, responses, nonpolynomial_share, canonical, relative_mse))
+predict, responses, nonpolynomial_share, canonical, mse, relative_mse = (
+    jax.jit(f) for f in (predict, responses, nonpolynomial_share, canonical, mse, relative_mse))
