@@ -39,8 +39,8 @@ from superjax.plots import _pyplot, _save
 from superjax.recovery_study import SETTING, RecoverConfig, queries_to_reach, run, summarise
 
 COLUMNS = SETTING + ("ratio", "recovery_rate_099", "recovery_rate_095", "matched_rate_099",
-                     "false_directions", "mean_angle_deg", "f_rel_mse", "f_rel_mse_2x", "queries",
-                     "seconds")
+                     "false_directions", "mean_angle_deg", "rms_angle_deg", "fit_angle_bound_deg",
+                     "budget_angle_bound_deg", "f_rel_mse", "f_rel_mse_2x", "queries", "seconds")
 
 # Budgets per method and d: what each needs to reach its accuracy (see the README's table).
 BUDGET = {"fourier": lambda d: 200_000 if d <= 8 else 400_000 if d <= 16 else 800_000,
@@ -230,6 +230,8 @@ def main(argv=None) -> int:
                         "the others run at every n/d on uniform directions")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--full", action="store_true", help="d ∈ {8, 16, 32}, 3 seeds")
+    p.add_argument("--angle-bound", action="store_true",
+                   help="record each row's Cramér–Rao angles (superjax recover --angle-bound)")
     p.add_argument("--collect", action="store_true",
                    help="run nothing: tabulate and plot the rows already in OUT/results.json")
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("runs/recovery"))
@@ -258,7 +260,7 @@ def main(argv=None) -> int:
           f"{len(todo)} settings, {len(todo) - len(fresh)} already in {done_path}", flush=True)
     for i, s in enumerate(fresh):
         try:
-            rep = run(RecoverConfig(**s))
+            rep = run(RecoverConfig(**s, angle_bound=args.angle_bound))
         except ValueError as err:  # e.g. a budget too small for the method at this d
             print(f"[{i + 1}/{len(fresh)}] {s}: skipped: {err}", file=sys.stderr)
             continue

@@ -140,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--fit-queries", type=int, default=None,
                    help="queries of the finishing fit, out of the budget (default: a fifth of "
                         "it, at most 40000; more tells weak features from noise at high noise)")
+    r.add_argument("--angle-bound", action="store_true",
+                   help="also compute what the queries allow: each direction's Cramér–Rao "
+                        "RMS angle on the finishing fit's queries and on the whole budget "
+                        "(recovery.angle_bounds; costs about as much as the fit again)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -296,13 +300,15 @@ def _recover(args) -> None:
         d=args.d, n=args.n, responses=args.responses, directions=args.directions,
         delta=args.delta, noise=args.noise, method=args.method, budget=args.budget,
         degenerate=args.degenerate, seed=args.seed, split=not args.no_split,
-        drop=not args.no_drop, polish=not args.no_polish, fit_queries=args.fit_queries)
+        drop=not args.no_drop, polish=not args.no_polish, fit_queries=args.fit_queries,
+        angle_bound=args.angle_bound)
     _writable(args.out)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     rep = recovery_study.run(config, args.out, progress=say)
     keys = ("recovery_rate_099", "recovery_rate_095", "matched_rate_099", "false_directions",
-            "mean_angle_deg", "f_rel_mse", "f_rel_mse_2x")
-    print("  ".join(f"{k}={rep[k]:.4g}" for k in keys)
+            "mean_angle_deg", "rms_angle_deg", "fit_angle_bound_deg", "budget_angle_bound_deg",
+            "f_rel_mse", "f_rel_mse_2x")
+    print("  ".join(f"{k}={rep[k]:.4g}" for k in keys if k in rep)
           + f"  queries={rep['queries']}  seconds={rep['seconds']:.1f}")
     print(f"wrote {args.out / 'result.json'}")
 

@@ -40,10 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Float
+from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
 from superjax import _checks, ridge
-from superjax.metrics import matched_scores
 from superjax.oracle import Oracle, QueryBudgetExceeded, Target, evaluate
 
 METHODS = ("fourier", "hessian", "hermite", "student")
@@ -1063,18 +1063,26 @@ def recover(oracle: Oracle, method: str, key, config: RecoveryConfig = RecoveryC
 
 # ----------------------------------------------------------------------------- scoring
 
-def score(target: Target, result: RecoveryResult, key, *, test: int = 20_000) -> dict[str, float]:
-    """The metrics of query-recovery.md §7 against the true target (non-degenerate directions)."""
-    every = np.asarray(target.directions)
+def score(target: Target, result: RecoveryResult, key, *, test: int = 20_000) -> dict[str, Any]:
+    """The metrics of query-recovery.md §7 against the true target (non-degenerate directions),
+    and each one's matched angle."""
+    # In float64 throughout: a float32 |cos| resolves angles only to ~0.02° (1 − cos ≈ θ²/2).
+    def unit(a):
+        a = np.asarray(a, np.float64).reshape(-1, target.directions.shape[1])
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+    every = unit(target.directions)
     v = every[~np.asarray(target.degenerate)]
-    found = np.asarray(result.directions)
+    found = unit(result.directions)
+    matched = np.zeros(len(v))
     if len(found):
         cos = np.abs(v @ found.T)
         # A found degenerate direction (e.g. of a z³ term) is real, just not required: not false.
         best_true, best_found = cos.max(1), np.abs(every @ found.T).max(0)
-        matched = np.asarray(matched_scores(jnp.asarray(cos)))
+        rows, cols = linear_sum_assignment(cos, maximize=True)
+        matched[rows] = cos[rows, cols]
     else:
-        best_true, best_found, matched = np.zeros(len(v)), np.zeros(0), np.zeros(len(v))
+        best_true, best_found = np.zeros(len(v)), np.zeros(0)
+    angles = np.arccos(np.clip(matched, 0, 1))
     x = jax.random.normal(key, (test, target.directions.shape[1]))
     return {
         "recovery_rate_099": float(np.mean(best_true >= 0.99)),
@@ -1084,9 +1092,47 @@ def score(target: Target, result: RecoveryResult, key, *, test: int = 20_000) ->
         "matched_rate_099": float(np.mean(matched >= 0.99)),
         "false_directions": int(np.sum(best_found < 0.9)),
         "found_directions": len(found),
-        "mean_angle_deg": float(np.degrees(np.mean(np.arccos(np.clip(matched, 0, 1))))),
+        "mean_angle_deg": float(np.degrees(np.mean(angles))),
+        # The RMS of the same angles: what :func:`angle_bounds` bounds.
+        "rms_angle_deg": float(np.degrees(np.sqrt(np.mean(angles**2)))),
+        "angles_deg": np.degrees(angles).tolist(),  # per true direction, in the target's order
         "f_rel_mse": float(ridge.relative_mse(result.model, x, evaluate(target, x))),
         "f_rel_mse_2x": float(ridge.relative_mse(result.model, 2 * x, evaluate(target, 2 * x))),
         "queries": result.queries,
         "seconds": result.seconds,
     }
+
+
+def angle_bounds(target: Target, noise: float, key, *, budget: int, fit_queries: int,
+                 reused: int = 0, scale: float = 1.0, samples: int | None = None
+                 ) -> dict[str, np.ndarray]:
+    """What the queries allow: for each non-degenerate true direction, the RMS angle (radians)
+    that no unbiased estimate in the finishing fit's model class can beat
+    (:func:`ridge.angle_stderr`, evaluated at the truth), at noise standard deviation ``noise``.
+
+    ``"fit"``: on the finishing fit's design (``fit_queries``, half at s and half at 2s, plus
+    ``reused`` of the search's queries at s that :func:`polish` refitted on); ``"budget"``: on
+    every query of the run (the search's ``budget − fit_queries`` at s, as the Fourier search
+    draws them, and the fit's), as if all of them informed the directions. A method at
+    ``"fit"`` loses nothing in its fit; the distance from there to ``"budget"`` is what the
+    search's queries could add. Both hold for these query distributions (a design chosen
+    otherwise, e.g. adaptively, can do better). The information per query
+    is estimated from ``samples`` random queries per scale (default 16 per parameter; the
+    inverse of a sample mean overstates the variance by about parameters / samples).
+    """
+    v = np.asarray(target.directions)[~np.asarray(target.degenerate)]
+    kx, ks, k2 = jax.random.split(key, 3)
+    # The truth in the fit's model class: its responses by a noiseless fit along its directions.
+    x = scale * jax.random.normal(kx, (fit_queries, v.shape[1]))
+    x = x.at[: fit_queries // 2].multiply(2.0)
+    truth = ridge.fit(ridge.init(jnp.asarray(v), extent=9.0 * scale), x, evaluate(target, x),
+                      steps=300)
+    params = ridge.jacobian(truth, x[:1]).shape[1]
+    samples = samples or 16 * params
+    per = [ridge.information(truth, s * scale * jax.random.normal(k, (samples, v.shape[1])))
+           / samples for s, k in ((1.0, ks), (2.0, k2))]
+    fit = (fit_queries - fit_queries // 2 + reused) * per[0] + fit_queries // 2 * per[1]
+    every = fit + (budget - fit_queries - reused) * per[0]
+    return {"fit": ridge.angle_stderr(truth, fit, noise),
+            "budget": ridge.angle_stderr(truth, every, noise)}
+

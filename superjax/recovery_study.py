@@ -32,6 +32,7 @@ class RecoverConfig:
     drop: bool = True
     polish: bool = True
     fit_queries: int | None = None
+    angle_bound: bool = False
 
     def __post_init__(self):
         _checks.positive_int("d", self.d, minimum=2, maximum=4096)
@@ -69,6 +70,8 @@ def run(config: RecoverConfig, out: pathlib.Path | None = None, progress=None) -
     orc = oracle.Oracle.from_target(target, noise=config.noise, budget=config.budget, key=kn)
     result = recovery.recover(orc, config.method, kr, config.recovery_config(), progress=progress)
     scores = recovery.score(target, result, ks)
+    if config.angle_bound:
+        scores.update(_angle_bounds(config, target, orc, result, jax.random.fold_in(ks, 1)))
     rep = {"config": dataclasses.asdict(config), **scores,
            "diagnostics": {k: v for k, v in result.diagnostics.items() if k != "candidates"},
            "candidates": len(result.diagnostics["candidates"]),
@@ -76,6 +79,22 @@ def run(config: RecoverConfig, out: pathlib.Path | None = None, progress=None) -
     if out is not None:
         report.write_json(pathlib.Path(out) / "result.json", rep)
     return rep
+
+
+def _angle_bounds(config: RecoverConfig, target, orc: oracle.Oracle, result, key) -> dict:
+    """:func:`recovery.angle_bounds` at this run's noise, fit design and budget: per
+    non-degenerate true direction (degrees; the matched angles are ``angles_deg``) and as RMS
+    over them (against ``rms_angle_deg``)."""
+    fit = config.recovery_config().fit_queries
+    diag = result.diagnostics
+    reused = diag["polish_queries"] - fit if diag.get("polish_accepted") else 0
+    bounds = recovery.angle_bounds(target, orc.noise * orc.f_std, key, budget=config.budget,
+                                   fit_queries=fit, reused=reused)
+    rms = lambda a: float(np.degrees(np.sqrt(np.mean(np.square(a)))))  # noqa: E731
+    return {"fit_angle_bound_deg": rms(bounds["fit"]),
+            "budget_angle_bound_deg": rms(bounds["budget"]),
+            "fit_angle_bounds_deg": np.degrees(bounds["fit"]).tolist(),
+            "budget_angle_bounds_deg": np.degrees(bounds["budget"]).tolist()}
 
 
 #: The fields that identify one run of a grid (everything but the outcome).

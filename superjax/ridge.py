@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jaxtyping import Array, Float
 
@@ -264,6 +265,87 @@ def canonical(model: RidgeModel, x: Float[Array, "b d"]) -> RidgeModel:
         quad=model.quad + jnp.einsum("m,mi,mj->ij", coef[:, 2], u, u))
 
 
+#: :func:`angle_stderr`: directions whose information, net of the other parameters, is below this
+#: share of the largest a direction has with them known are undetermined (float32 Jacobians).
+RESOLVED = 1e-6
+
+
+def _tangent_bases(v: Float[Array, "m d"]) -> Float[Array, "m d-1 d"]:
+    """Orthonormal bases of each unit row's complement: rows 2…d of the Householder reflection
+    that maps v to ∓e₁ (its first row is ±v; the sign keeps it away from cancellation)."""
+    sign = jnp.where(v[:, :1] >= 0, 1.0, -1.0)
+    u = unit(v + sign * jnp.eye(v.shape[1])[0])
+    return (jnp.eye(v.shape[1]) - 2 * u[:, :, None] * u[:, None, :])[:, 1:]
+
+
+def jacobian(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, "b p"]:
+    """∂f̂(x)/∂θ for the model's parameters θ in an identifiable form: first each direction's
+    d − 1 tangent coordinates (v̂_j moved to unit(v̂_j + B_jᵀt), B_j a basis of v̂_j^⊥), then
+    each spline's coefficients without their {1, z, z²} part (the polynomial term holds that:
+    :func:`canonical`), then the polynomial's 1, x and x_i x_j (i ≤ j)."""
+    m, d = model.directions.shape
+    v = unit(model.directions)
+    z = x @ v.T
+    slope = jax.jvp(lambda z: spline(model, z), (z,), (jnp.ones_like(z),))[1]   # σ̂_j'(z_j)
+    tangent = slope[:, :, None] * jnp.einsum("mkd,bd->bmk", _tangent_bases(v), x)
+    # The spline space holds every quadratic on [lo, hi]: keep its orthogonal complement only.
+    free = jnp.linalg.svd(quadratic_coef(model), full_matrices=True)[0][:, 3:]   # (k, k − 3)
+    i, j = jnp.triu_indices(d)
+    return jnp.concatenate([tangent.reshape(x.shape[0], -1),
+                            (basis(model, z) @ free).reshape(x.shape[0], -1),
+                            jnp.ones((x.shape[0], 1)), x, x[:, i] * x[:, j]], axis=1)
+
+
+def information(model: RidgeModel, x: Float[Array, "b d"], *, chunk: int = 4096) -> np.ndarray:
+    """Σ over the queries ``x`` of J Jᵀ (J = :func:`jacobian`): the Fisher information of the
+    least-squares fit on them per unit noise variance, in float64 on the host (it is additive:
+    designs combine by sums and scale with their query count)."""
+    m, d = model.directions.shape
+    x = jnp.asarray(x, jnp.float32)
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"x must have shape (queries, {d}) for a model in d = {d}, "
+                         f"got {x.shape}")
+    total = None
+    for start in range(0, x.shape[0], chunk):
+        rows = x[start:start + chunk]
+        part = np.asarray(_jacobian(model, jnp.pad(rows, ((0, chunk - rows.shape[0]), (0, 0)))),
+                          np.float64)[: rows.shape[0]]
+        total = part.T @ part if total is None else total + part.T @ part
+    return total
+
+
+def angle_stderr(model: RidgeModel, info: np.ndarray, noise: float, *,
+                 rcond: float = 1e-12) -> np.ndarray:
+    """The asymptotic standard error of each direction of a least-squares fit of ``model`` with
+    Fisher information ``info`` (:func:`information`) at noise standard deviation ``noise``:
+    sqrt E‖v̂_j − v_j‖² (the RMS angle, radians) with every response and the polynomial unknown.
+
+    It is the Cramér–Rao bound for unbiased estimates of the directions from those queries in
+    this model class, evaluated at ``model``, and the fit's own error when it converges (a
+    nonlinear least-squares fit is asymptotically efficient under Gaussian noise). A direction
+    the queries cannot pin down (a quadratic response: its slope is linear, which the polynomial
+    term fits as well) gets ∞.
+    """
+    m, d = model.directions.shape
+    t = m * (d - 1)
+    if info.shape[0] != info.shape[1] or info.shape[0] < t:
+        raise ValueError(f"info has shape {info.shape}, not that of information(model, x)")
+    # Schur complement of the nuisance block (responses, polynomial): the directions' information
+    # once everything else is fitted too. Spline coefficients no query reaches span its null space.
+    w, u = np.linalg.eigh(info[t:, t:])
+    keep = w > rcond * w.max()
+    cross = info[:t, t:] @ u[:, keep]
+    schur = info[:t, :t] - (cross / w[keep]) @ cross.T
+    lam, vec = np.linalg.eigh(schur)
+    weight = (vec**2).reshape(m, d - 1, t).sum(1)                          # (m, eigenvalues)
+    # Float32 Jacobians resolve the information left to ~1e-7 of what it was with everything
+    # else known: below RESOLVED of that a direction counts as undetermined.
+    null = lam <= RESOLVED * np.max(np.diag(info)[:t])
+    var = weight[:, ~null] @ (1.0 / lam[~null])
+    var[(weight[:, null] > 1e-6).any(1)] = np.inf
+    return noise * np.sqrt(var)
+
+
 def mse(model: RidgeModel, x, y) -> Float[Array, ""]:
     """mean (f̂ − y)²."""
     return _loss(model, x, y)
@@ -277,3 +359,4 @@ def relative_mse(model: RidgeModel, x, y) -> Float[Array, ""]:
 # Called on every fit's result: one compiled program each instead of op-by-op dispatch.
 predict, responses, nonpolynomial_share, canonical, mse, relative_mse = (
     jax.jit(f) for f in (predict, responses, nonpolynomial_share, canonical, mse, relative_mse))
+_jacobian = jax.jit(jacobian)

@@ -234,13 +234,15 @@ def test_train_sae_bad_input(argv, match, capsys):
 def test_recover_writes_the_scored_result(tmp_path, capsys):
     out = tmp_path / "rec"
     argv = ["recover", "--d", "5", "--n", "6", "--method", "hessian", "--budget", "60000",
-            "--quiet", "--out", str(out)]
+            "--angle-bound", "--quiet", "--out", str(out)]
     assert cli.main(argv) == 0
     rep = json.loads((out / "result.json").read_text())
     for key in ("recovery_rate_099", "recovery_rate_095", "false_directions", "mean_angle_deg",
                 "f_rel_mse", "f_rel_mse_2x", "queries", "seconds"):
         assert key in rep
     assert rep["recovery_rate_099"] == 1.0 and rep["false_directions"] == 0
+    fit, every = (np.asarray(rep[k]) for k in ("fit_angle_bounds_deg", "budget_angle_bounds_deg"))
+    assert len(fit) == len(rep["angles_deg"]) == 6 and np.all((0 < every) & (every < fit))
     assert rep["queries"] <= 60000
     assert "recovery_rate_099=1" in capsys.readouterr().out
 

@@ -9,6 +9,7 @@ import pytest
 from superjax import oracle as O
 from superjax import recovery as R
 from superjax import ridge
+from superjax.metrics import matched_scores
 
 
 def _sin_feature(d=6, a=1.5, b=0.4):
@@ -197,6 +198,35 @@ def test_score_of_the_truth_is_perfect():
     assert score["matched_rate_099"] == 1.0
 
 
+def test_score_resolves_angles_far_below_float32_cos():
+    """Found directions 1e-4 rad off: 1 − cos = 5e-9, below float32's resolution (an angle from
+    a float32 |cos| reads 0 or 0.02°); scored in float64 they read 1e-4 rad."""
+    target, _ = _instance(6, 8)
+    v = np.asarray(target.directions, np.float64)
+    w = np.random.default_rng(0).standard_normal(v.shape)
+    w -= np.sum(w * v, 1, keepdims=True) * v
+    w /= np.linalg.norm(w, axis=1, keepdims=True)
+    found = jnp.asarray(np.cos(1e-4) * v + np.sin(1e-4) * w, jnp.float32)
+    score = R.score(target, R.RecoveryResult(found, ridge.init(found), 0, 0.0, {}),
+                    jax.random.key(0))
+    np.testing.assert_allclose(score["angles_deg"], np.degrees(1e-4), rtol=1e-2)
+    np.testing.assert_allclose([score["mean_angle_deg"], score["rms_angle_deg"]],
+                               np.degrees(1e-4), rtol=1e-2)
+
+
+def test_angle_bounds_fall_with_queries_and_grow_with_the_noise():
+    target, _ = _instance(6, 8)
+    bounds = [R.angle_bounds(target, noise, jax.random.key(1), budget=100_000, fit_queries=4000,
+                             reused=reused) for noise, reused in ((0.01, 0), (0.02, 0),
+                                                                  (0.01, 96_000))]
+    fit, budget = bounds[0]["fit"], bounds[0]["budget"]
+    assert fit.shape == (8,) and np.all(np.isfinite(fit)) and np.all(budget < fit / 2)
+    np.testing.assert_allclose(bounds[1]["fit"], 2 * fit, rtol=1e-6)
+    # A fit that reuses every search query has the whole run's design, so the whole run's bound.
+    np.testing.assert_allclose(bounds[2]["fit"], budget, rtol=1e-6)
+    np.testing.assert_allclose(bounds[2]["budget"], budget, rtol=1e-6)
+
+
 def test_a_direction_between_a_close_pair_counts_once_one_to_one():
     """Pairs at 0.1 rad: their bisector is within 0.05 rad (|cos| 0.9988) of both, so the best-|cos|
     rate counts it for both; the Hungarian one-to-one rate counts it once."""
@@ -284,7 +314,7 @@ def test_split_separates_a_close_pair_and_leaves_a_good_fit_alone():
     model, diag = R.split(merged, x, y, jax.random.key(23), extent=9.0)
     assert diag["split_accepted"], diag
     cos = np.abs(v @ np.asarray(model.directions).T)
-    assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.99), cos
+    assert np.all(np.asarray(matched_scores(jnp.asarray(cos))) >= 0.99), cos
     assert diag["split_error_after"] < 0.1 * diag["split_error_before"], diag
     # Started from the true directions there is nothing to split: the input comes back unchanged.
     exact = R.fit_ridge(v, x, y, extent=9.0, refine=True)
@@ -331,7 +361,7 @@ def test_split_pairs_finds_the_missing_member_of_a_close_pair():
     model, dropped = R.drop_redundant(model, x, y, extent=9.0, only=np.arange(m - 2 * pairs, m))
     assert dropped == pairs - 1 and model.directions.shape[0] == 4
     cos = np.abs(v @ np.asarray(ridge.unit(model.directions)).T)
-    assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.99), cos
+    assert np.all(np.asarray(matched_scores(jnp.asarray(cos))) >= 0.99), cos
     assert float(ridge.relative_mse(model, x, y)) < 0.01 * float(ridge.relative_mse(found, x, y))
     # Started from the true directions no twin pays (every cost is below Akaike's bar): the
     # input comes back unchanged.
@@ -371,7 +401,7 @@ def test_finish_keeps_a_separated_close_pair_and_merges_a_candidate_found_twice(
         budget=20_000, fit_queries=12_000, split=False), progress=messages.append)
     assert directions.shape[0] == 4
     cos = np.abs(v @ np.asarray(directions).T)
-    assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.99), cos
+    assert np.all(np.asarray(matched_scores(jnp.asarray(cos))) >= 0.99), cos
     x = jax.random.normal(jax.random.key(27), (8_000, 6))
     assert float(ridge.relative_mse(model, x, O.evaluate(target, x))) < 1e-3
     # The returned fit is converged: one more warm-started joint fit on the same queries gains
@@ -460,7 +490,7 @@ def test_drop_redundant_removes_a_third_direction_from_a_close_pair():
     out, dropped = R.drop_redundant(model, x, y, extent=9.0)
     assert dropped == 1 and out.directions.shape[0] == 4
     cos = np.abs(v @ np.asarray(out.directions).T)
-    assert np.all(np.asarray(R.matched_scores(jnp.asarray(cos))) >= 0.999), cos
+    assert np.all(np.asarray(matched_scores(jnp.asarray(cos))) >= 0.999), cos
     (group,), (cost,) = R.drop_costs(out, x[::2], y[::2])
     assert sorted(group) == [0, 1] and cost > 10, (group, cost)
     xt = jax.random.normal(jax.random.key(32), (8_000, 6))
