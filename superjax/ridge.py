@@ -326,10 +326,12 @@ def angle_stderr(model: RidgeModel, info: np.ndarray, noise: float, *,
     the queries cannot pin down (a quadratic response: its slope is linear, which the polynomial
     term fits as well) gets ∞.
     """
-    m, d = model.directions.shape
+    (m, d), k = model.directions.shape, model.coef.shape[1]
     t = m * (d - 1)
-    if info.shape[0] != info.shape[1] or info.shape[0] < t:
-        raise ValueError(f"info has shape {info.shape}, not that of information(model, x)")
+    p = t + m * (k - 3) + 1 + d + d * (d + 1) // 2
+    if np.shape(info) != (p, p):
+        raise ValueError(f"info has shape {np.shape(info)}, not ({p}, {p}) as information(model, "
+                         f"x) has for {m} directions in d = {d}")
     # Schur complement of the nuisance block (responses, polynomial): the directions' information
     # once everything else is fitted too. Spline coefficients no query reaches span its null space.
     w, u = np.linalg.eigh(info[t:, t:])
