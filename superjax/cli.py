@@ -137,6 +137,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-polish", action="store_true",
                    help="skip the last refit on the search's own queries that the measured fit "
                         "variance calls for at high noise (recovery.polish)")
+    r.add_argument("--polish-target", type=float, default=1e-5,
+                   help="fit variance (share of var y) the polish refits down to (default 1e-5); "
+                        "0: refit on all of the search's queries, which brings the directions "
+                        "to the Cramér–Rao bound of the whole budget (see --angle-bound)")
     r.add_argument("--fit-queries", type=int, default=None,
                    help="queries of the finishing fit, out of the budget (default: a fifth of "
                         "it, at most 40000; more tells weak features from noise at high noise)")
@@ -300,7 +304,8 @@ def _recover(args) -> None:
         d=args.d, n=args.n, responses=args.responses, directions=args.directions,
         delta=args.delta, noise=args.noise, method=args.method, budget=args.budget,
         degenerate=args.degenerate, seed=args.seed, split=not args.no_split,
-        drop=not args.no_drop, polish=not args.no_polish, fit_queries=args.fit_queries,
+        drop=not args.no_drop, polish=not args.no_polish, polish_target=args.polish_target,
+        fit_queries=args.fit_queries,
         angle_bound=args.angle_bound)
     _writable(args.out)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))

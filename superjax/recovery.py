@@ -113,6 +113,10 @@ class RecoveryConfig:
         over (:func:`drop_redundant`): duplicates of one feature, or one too many in a cluster.
       polish: with ``refine``, refit the finished model on as many of the search's queries as
         the noise it measures calls for (:func:`polish`).
+      polish_target: the fit variance (share of var y) the polish refits down to; 0 refits on
+        all of the search's queries whenever the fit has any variance, which brings the
+        directions to the Cramér–Rao bound of the whole budget (:func:`angle_bounds`) at the
+        cost of a fit on all of them.
       scale: query scale s (queries x ~ N(0, s²I)).
       starts: random starts per Fourier round; rounds: a safety cap on the peeling rounds. The
         search stops on its own when a round finds nothing new (after ``EMPTY_RETRIES`` fresh
@@ -130,6 +134,7 @@ class RecoveryConfig:
     split: bool = True
     drop: bool = True
     polish: bool = True
+    polish_target: float = POLISH_TARGET
     scale: float = 1.0
     starts: int = 128
     rounds: int = 40
@@ -146,6 +151,7 @@ class RecoveryConfig:
             raise ValueError(f"budget ({self.budget}) must exceed fit_queries "
                              f"({self.fit_queries}): the search needs queries of its own")
         _checks.real_number("scale", self.scale, minimum=0.0, strict_min=True)
+        _checks.real_number("polish_target", self.polish_target, minimum=0.0)
         _checks.real_number("h", self.h, minimum=0.0, strict_min=True)
         _checks.positive_int("starts", self.starts)
         _checks.positive_int("rounds", self.rounds)
@@ -946,7 +952,10 @@ def polish(model: ridge.RidgeModel, x, y, pool: tuple[Array, Array], *, extent: 
     V > ``target`` the model is refitted jointly (warm-started) on ``x, y`` plus the first
     ⌈Q·(V/target − 1)⌉ of the pool (at most all but its last ``POLISH_HOLDOUT``, a fifth at
     most; :func:`ridge.fit` chunks them, so memory stays flat), and the refit is kept only when
-    its error on those held-out queries is lower. Returns the model and diagnostics.
+    its error on those held-out queries is lower. ``target`` 0 refits on all but the held-out
+    ones whenever V > 0: the directions' error is then the fit's variance alone, at the
+    Cramér–Rao bound of the whole budget (:func:`angle_bounds`). Returns the model and
+    diagnostics.
     """
     px, py = pool
     scale = float(jnp.var(py))
@@ -958,7 +967,9 @@ def polish(model: ridge.RidgeModel, x, y, pool: tuple[Array, Array], *, extent: 
     variance = max(0.0, error(half, px, py) - error(model, px, py))
     hold = min(POLISH_HOLDOUT, px.shape[0] // 5)
     xh, yh = px[px.shape[0] - hold:], py[py.shape[0] - hold:]
-    extra = min(px.shape[0] - hold, int(np.ceil(x.shape[0] * (variance / target - 1))))
+    extra = px.shape[0] - hold
+    if target > 0:
+        extra = min(extra, int(np.ceil(x.shape[0] * (variance / target - 1))))
     diag = {"polish_variance": variance, "polish_queries": 0, "polish_accepted": False}
     if variance <= target or extra <= 0:
         return model, diag
@@ -1029,7 +1040,8 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
                 diag["dropped"] += dropped
                 say(f"{dropped} more dropped")
         if config.polish and pool is not None and model.directions.shape[0]:
-            model, polished = polish(model, x, y, pool, extent=extent)
+            model, polished = polish(model, x, y, pool, extent=extent,
+                                     target=config.polish_target)
             diag.update(polished)
             outcome = ("no refit" if not polished["polish_queries"] else
                        f"refit on {polished['polish_queries']} queries "

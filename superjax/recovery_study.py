@@ -31,6 +31,7 @@ class RecoverConfig:
     split: bool = True
     drop: bool = True
     polish: bool = True
+    polish_target: float = recovery.POLISH_TARGET
     fit_queries: int | None = None
     angle_bound: bool = False
 
@@ -57,7 +58,8 @@ class RecoverConfig:
         fit = (min(40_000, max(1000, self.budget // 5)) if self.fit_queries is None
                else self.fit_queries)
         return recovery.RecoveryConfig(budget=self.budget, fit_queries=fit, split=self.split,
-                                       drop=self.drop, polish=self.polish)
+                                       drop=self.drop, polish=self.polish,
+                                       polish_target=self.polish_target)
 
 
 def run(config: RecoverConfig, out: pathlib.Path | None = None, progress=None) -> dict:

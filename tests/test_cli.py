@@ -257,6 +257,7 @@ def test_recover_writes_the_scored_result(tmp_path, capsys):
     (["--method", "hessian", "--d", "32", "--budget", "100000"], "hessian method needs"),
     (["--n", "0"], "n must be >= 1"),
     (["--noise", "-1"], "noise must lie in"),
+    (["--polish-target=-1e-5"], "polish_target must lie in"),
 ])
 def test_recover_bad_input(argv, match, capsys):
     assert cli.main(["recover", *argv, "--out", "x"]) == 2
