@@ -305,8 +305,7 @@ def _recover(args) -> None:
         delta=args.delta, noise=args.noise, method=args.method, budget=args.budget,
         degenerate=args.degenerate, seed=args.seed, split=not args.no_split,
         drop=not args.no_drop, polish=not args.no_polish, polish_target=args.polish_target,
-        fit_queries=args.fit_queries,
-        angle_bound=args.angle_bound)
+        fit_queries=args.fit_queries, angle_bound=args.angle_bound)
     _writable(args.out)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     rep = recovery_study.run(config, args.out, progress=say)

@@ -236,10 +236,13 @@ def _gaussian_queries(oracle: Oracle, key, q: int, scale: float):
     return x, oracle(x)
 
 
+def _fit_design(key, q: int, d: int, scale: float) -> Array:
+    """Fit/test design: half at scale 2s, half at s, so fitted responses cover twice the scale."""
+    return (scale * jax.random.normal(key, (q, d))).at[: q // 2].multiply(2.0)
+
+
 def _fit_queries(oracle: Oracle, key, q: int, scale: float):
-    """Fit/test design: half at scale s, half at 2s, so fitted responses cover twice the scale."""
-    x = scale * jax.random.normal(key, (q, oracle.d))
-    x = x.at[: q // 2].multiply(2.0)
+    x = _fit_design(key, q, oracle.d, scale)
     return x, oracle(x)
 
 
@@ -1135,16 +1138,13 @@ def angle_bounds(target: Target, noise: float, key, *, budget: int, fit_queries:
     v = np.asarray(target.directions)[~np.asarray(target.degenerate)]
     kx, ks, k2 = jax.random.split(key, 3)
     # The truth in the fit's model class: its responses by a noiseless fit along its directions.
-    x = scale * jax.random.normal(kx, (fit_queries, v.shape[1]))
-    x = x.at[: fit_queries // 2].multiply(2.0)
+    x = _fit_design(kx, fit_queries, v.shape[1], scale)
     truth = ridge.fit(ridge.init(jnp.asarray(v), extent=9.0 * scale), x, evaluate(target, x),
                       steps=300)
-    params = ridge.jacobian(truth, x[:1]).shape[1]
-    samples = samples or 16 * params
+    samples = samples or 16 * ridge.parameters(truth)
     per = [ridge.information(truth, s * scale * jax.random.normal(k, (samples, v.shape[1])))
            / samples for s, k in ((1.0, ks), (2.0, k2))]
     fit = (fit_queries - fit_queries // 2 + reused) * per[0] + fit_queries // 2 * per[1]
     every = fit + (budget - fit_queries - reused) * per[0]
     return {"fit": ridge.angle_stderr(truth, fit, noise),
             "budget": ridge.angle_stderr(truth, every, noise)}
-

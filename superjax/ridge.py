@@ -278,6 +278,12 @@ def _tangent_bases(v: Float[Array, "m d"]) -> Float[Array, "m d-1 d"]:
     return (jnp.eye(v.shape[1]) - 2 * u[:, :, None] * u[:, None, :])[:, 1:]
 
 
+def parameters(model: RidgeModel) -> int:
+    """The number of columns of :func:`jacobian`: the model's identifiable parameters."""
+    (m, d), k = model.directions.shape, model.coef.shape[1]
+    return m * (d - 1) + m * (k - 3) + 1 + d + d * (d + 1) // 2
+
+
 def jacobian(model: RidgeModel, x: Float[Array, "b d"]) -> Float[Array, "b p"]:
     """∂f̂(x)/∂θ for the model's parameters θ in an identifiable form: first each direction's
     d − 1 tangent coordinates (v̂_j moved to unit(v̂_j + B_jᵀt), B_j a basis of v̂_j^⊥), then
@@ -300,7 +306,7 @@ def information(model: RidgeModel, x: Float[Array, "b d"], *, chunk: int = 4096)
     """Σ over the queries ``x`` of J Jᵀ (J = :func:`jacobian`): the Fisher information of the
     least-squares fit on them per unit noise variance, in float64 on the host (it is additive:
     designs combine by sums and scale with their query count)."""
-    m, d = model.directions.shape
+    d = model.directions.shape[1]
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 2 or x.shape[1] != d:
         raise ValueError(f"x must have shape (queries, {d}) for a model in d = {d}, "
@@ -326,9 +332,8 @@ def angle_stderr(model: RidgeModel, info: np.ndarray, noise: float, *,
     the queries cannot pin down (a quadratic response: its slope is linear, which the polynomial
     term fits as well) gets ∞.
     """
-    (m, d), k = model.directions.shape, model.coef.shape[1]
-    t = m * (d - 1)
-    p = t + m * (k - 3) + 1 + d + d * (d + 1) // 2
+    m, d = model.directions.shape
+    t, p = m * (d - 1), parameters(model)
     if np.shape(info) != (p, p):
         raise ValueError(f"info has shape {np.shape(info)}, not ({p}, {p}) as information(model, "
                          f"x) has for {m} directions in d = {d}")

@@ -189,6 +189,7 @@ def test_angle_stderr_is_infinite_only_for_a_direction_the_polynomial_can_take_o
     model = ridge.fit(ridge.init(v), x, jnp.tanh(2 * z[:, 0]) + 0.5 * z[:, 1] ** 2, steps=300)
     stderr = ridge.angle_stderr(model, ridge.information(model, x), 0.01)
     assert np.isfinite(stderr[0]) and 0 < stderr[0] < 1e-3 and np.isinf(stderr[1])
+    assert ridge.parameters(model) == ridge.jacobian(model, x[:1]).shape[1] == 119
     with pytest.raises(ValueError, match=r"x must have shape \(queries, 5\)"):
         ridge.information(model, x[:, :4])
     with pytest.raises(ValueError, match=r"not \(119, 119\) as information"):
