@@ -269,7 +269,7 @@ def main(argv=None) -> int:
             row["search_rounds"] = len(rep["diagnostics"]["rounds"])
             row["search_stop"] = rep["diagnostics"]["stop"]
         for k in ("split_error_before", "split_error_doubled", "split_accepted", "split_added",
-                  "dropped", "pairs_split", "polish_variance", "polish_queries",
+                  "dropped", "collapsed", "pairs_split", "polish_variance", "polish_queries",
                   "polish_accepted"):
             if k in rep["diagnostics"]:  # the split stages' tests, the drop and the polish
                 row[k] = rep["diagnostics"][k]

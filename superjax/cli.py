@@ -132,8 +132,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="skip the split stages that separate close pairs (recovery.split, "
                         "recovery.split_pairs)")
     r.add_argument("--no-drop", action="store_true",
-                   help="keep directions that their close neighbours can take over "
-                        "(recovery.drop_redundant)")
+                   help="keep directions that their close neighbours can take over, or that "
+                        "share one feature (recovery.drop_redundant, recovery.collapse_split)")
     r.add_argument("--no-polish", action="store_true",
                    help="skip the last refit on the search's own queries that the measured fit "
                         "variance calls for at high noise (recovery.polish)")

@@ -73,6 +73,10 @@ MERGE_TOL = 0.1
 #: directions, refitted by DROP_STEPS Levenberg–Marquardt steps) and drops a direction when it
 #: lowers the error by less than DROP_AIC times the share its parameters fit of pure noise.
 DROP_CLOSE, DROP_LARGEST, DROP_STEPS, DROP_AIC = 0.9, 8, 6, 2.0
+#: :func:`collapse_split` tests pairs of directions at |cos| > COLLAPSE_LINK: each is collapsed
+#: into one ridge and refitted by COLLAPSE_STEPS Levenberg–Marquardt steps with the rest held,
+#: and those within COLLAPSE_LOCAL times the pair's own error go to a whole-model test.
+COLLAPSE_LINK, COLLAPSE_STEPS, COLLAPSE_LOCAL = 0.85, 12, 1.25
 #: :func:`split_pairs` fits every direction with a twin by PAIR_STEPS Levenberg–Marquardt steps
 #: (the twin travels from SPLIT_ANGLE along its aim, or a random perpendicular, to the missing
 #: member).
@@ -110,7 +114,8 @@ class RecoveryConfig:
         separates close pairs (Δ ≲ 0.2 rad) that every search returns as one direction, and
         at the end each remaining direction on its own (:func:`split_pairs`).
       drop: with ``refine``, end by dropping directions that their close neighbours can take
-        over (:func:`drop_redundant`): duplicates of one feature, or one too many in a cluster.
+        over (:func:`drop_redundant`): duplicates of one feature, or one too many in a cluster;
+        then merge directions that share one feature between them (:func:`collapse_split`).
       polish: with ``refine``, refit the finished model on as many of the search's queries as
         the noise it measures calls for (:func:`polish`).
       polish_target: the fit variance (share of var y) the polish refits down to; 0 refits on
@@ -715,6 +720,52 @@ def clusters(model: ridge.RidgeModel, close: float = DROP_CLOSE) -> list[np.ndar
             if len(c) > 1]
 
 
+def _collapsed(directions: np.ndarray, coef: np.ndarray, power: np.ndarray):
+    """Each group (rows of the leading axis, strongest first) with its first row replaced by one
+    ridge standing for all of them: the power-weighted mean of the sign-aligned directions,
+    carrying the sum of the responses. A spline on the symmetric [−extent, extent] flips its
+    argument by reversing its coefficients."""
+    directions, coef = np.array(directions), np.array(coef)
+    sign = np.sign(np.einsum("tsd,td->ts", directions, directions[:, 0]))
+    mean = np.einsum("ts,tsd->td", power * sign, directions)
+    directions[:, 0] = mean / np.linalg.norm(mean, axis=-1, keepdims=True)
+    coef[:, 0] = np.where(sign[..., None] > 0, coef, coef[..., ::-1]).sum(axis=1)
+    return directions, coef
+
+
+def _group_costs(model: ridge.RidgeModel, x, y, groups: list[np.ndarray], *, collapse: bool,
+                 steps: int, smoothing: float) -> tuple[np.ndarray, list]:
+    """What each group of rows (strongest first) of a canonical ``model`` adds to the fit.
+
+    The group is refitted on the residual of the rest of the model, responses and directions
+    jointly (:func:`_cluster_fit`), once whole and once reduced: without its weakest row, or
+    with ``collapse`` as one ridge (:func:`_collapsed`). The cost is the ratio of the whole
+    model's two mean squared errors. Returns the costs and each reduced group's fitted
+    directions and responses.
+    """
+    resp = ridge.responses(model, x)
+    power = np.asarray(jnp.var(resp, axis=0))
+    residual = y - ridge.predict(model, x)
+    costs, fitted = np.zeros(len(groups)), [None] * len(groups)
+    for size in sorted({len(c) for c in groups}):  # one compiled fit per group size
+        which = [i for i, c in enumerate(groups) if len(c) == size]
+        idx = np.stack([groups[i] for i in which])                                    # (t, size)
+        targets = residual[None] + jnp.sum(resp[:, idx], axis=-1).T
+        directions, coef = np.asarray(model.directions)[idx], np.asarray(model.coef)[idx]
+        fit = functools.partial(_cluster_refits, model, x, smoothing=smoothing, steps=steps)
+        every = jnp.ones(size, bool)
+        whole = fit(*_padded8(jnp.asarray(directions), jnp.asarray(coef), targets), every)[0]
+        if collapse:
+            directions, coef = _collapsed(directions, coef, power[idx])
+        live = every.at[1:].set(False) if collapse else every.at[-1].set(False)
+        reduced, directions, coef = fit(
+            *_padded8(jnp.asarray(directions), jnp.asarray(coef), targets), live)
+        costs[which] = (np.asarray(reduced) / np.asarray(whole))[: len(which)]
+        for row, i in enumerate(which):
+            fitted[i] = (directions[row], coef[row])
+    return costs, fitted
+
+
 def drop_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
                close: float = DROP_CLOSE, largest: int = DROP_LARGEST, steps: int = DROP_STEPS,
                smoothing: float = 1e-6, only=None) -> tuple[list[np.ndarray], np.ndarray]:
@@ -738,22 +789,10 @@ def drop_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
     (weakest last) and their costs.
     """
     model = _canonical(model, x)
-    resp = ridge.responses(model, x)
-    power = np.asarray(jnp.var(resp, axis=0))
+    power = np.asarray(jnp.var(ridge.responses(model, x), axis=0))
     groups = [c[np.argsort(-power[c])] for c in clusters(model, close)
               if len(c) <= largest and (only is None or np.isin(c, only).any())]
-    costs = np.zeros(len(groups))
-    residual = y - ridge.predict(model, x)
-    for size in sorted({len(c) for c in groups}):  # one compiled fit per cluster size
-        which = [i for i, c in enumerate(groups) if len(c) == size]
-        idx = np.stack([groups[i] for i in which])                                    # (t, size)
-        problem = _padded8(model.directions[idx], model.coef[idx],
-                           residual[None] + jnp.sum(resp[:, idx], axis=-1).T)
-        every = jnp.ones(size, bool)
-        fit = functools.partial(_cluster_refits, model, x, *problem, smoothing=smoothing,
-                                steps=steps)
-        with_all, without = fit(every)[0], fit(every.at[-1].set(False))[0]
-        costs[which] = (np.asarray(without) / np.asarray(with_all))[: len(which)]
+    costs, _ = _group_costs(model, x, y, groups, collapse=False, steps=steps, smoothing=smoothing)
     return groups, costs
 
 
@@ -788,6 +827,67 @@ def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: floa
                           start=_rows(_canonical(model, x), keep))
         dropped += len(redundant)
     return model, dropped
+
+
+def collapse_split(model: ridge.RidgeModel, x, y, *, extent: float, factor: float = DROP_AIC,
+                   link: float = COLLAPSE_LINK, local: float = COLLAPSE_LOCAL, passes: int = 3
+                   ) -> tuple[ridge.RidgeModel, int]:
+    """Merges directions that share one feature between them, tested on the whole model.
+
+    A fit can end with one feature split between several found directions, each a few degrees
+    off and each carrying part of its response, and the rest of the model adapted to that: at
+    d = 16, sigmoid, n/d = 4 a feature was held by three directions 9°, 15° and 17° from it, at
+    |cos| 0.85–0.99 to each other. Neither the drop test nor a local merge removes them, since
+    with the rest of the model held each still pays for itself (docs/results.md, session 28).
+
+    Every pair at |cos| > ``link`` is first collapsed locally into one ridge (:func:`_collapsed`,
+    then refitted with the rest held, :func:`_group_costs`); the pairs that one ridge then
+    explains within ``local`` times the pair's own error are candidates (two distinct features
+    cost many times that: each carries ~1/n of var f against a residual of ~1e-4). Pairs, not
+    linked groups: two split features 45° apart chain into one group through their strays. The
+    cheapest disjoint candidates are collapsed at once and the whole model refitted jointly;
+    the result is kept when its in-sample error is within Akaike's bar for the parameters it
+    removed, 1 + ``factor`` · r (d + k) / b for r directions fewer, and the pairs of the new
+    model are tested again (a feature split three ways takes two rounds); a rejected batch is
+    retried with its cheaper half. At most ``passes`` whole-model refits. Returns the model and
+    the number of directions removed.
+    """
+    half = slice(None, None, 2)
+    removed, chosen = 0, []
+    for _ in range(passes):
+        if not chosen:  # (re)test the pairs of the current model
+            canonical = _canonical(model, x[half])
+            v = np.asarray(ridge.unit(canonical.directions))
+            i, j = np.nonzero(np.triu(np.abs(v @ v.T) > link, 1))
+            power = np.asarray(jnp.var(ridge.responses(canonical, x[half]), axis=0))
+            pairs = [p[np.argsort(-power[p])] for p in np.stack([i, j], 1)]
+            costs, fitted = _group_costs(canonical, x[half], y[half], pairs, collapse=True,
+                                         steps=COLLAPSE_STEPS, smoothing=1e-6)
+            used = set()
+            for p in np.argsort(costs):
+                if costs[p] >= local:
+                    break
+                if not used & set(pairs[p]):
+                    chosen.append(p)
+                    used |= set(pairs[p])
+            if not chosen:
+                break
+        full = _canonical(model, x)
+        directions, coef = np.array(full.directions), np.array(full.coef)
+        for p in chosen:
+            directions[pairs[p][0]], coef[pairs[p][0]] = (np.asarray(a[0]) for a in fitted[p])
+        keep = np.setdiff1d(np.arange(len(directions)), [pairs[p][1] for p in chosen])
+        start = _rows(full._replace(directions=jnp.asarray(directions), coef=jnp.asarray(coef)),
+                      keep)
+        merged = fit_ridge(start.directions, x, y, extent=extent, refine=True, start=start)
+        bar = 1 + factor * len(chosen) * (directions.shape[1] + coef.shape[1]) / x.shape[0]
+        if float(ridge.mse(merged, x, y)) <= bar * float(ridge.mse(model, x, y)):
+            model, removed, chosen = merged, removed + len(chosen), []
+        else:  # one bad candidate spoils the batch: retry the cheaper half
+            chosen = chosen[: len(chosen) // 2]
+            if not chosen:
+                break
+    return model, removed
 
 
 def _twins(v: np.ndarray, key) -> np.ndarray:
@@ -991,8 +1091,9 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
            pool: tuple[Array, Array] | None = None) -> tuple[Array, ridge.RidgeModel, dict]:
     """Fits the ridge model on fresh queries, refines it, drops empty or redundant directions,
     splits merged close pairs, refines the result once more (warm-started), drops directions
-    that their close neighbours can take over (:func:`drop_redundant`, with ``config.drop``),
-    and splits the pairs still merged one direction at a time (:func:`split_pairs`).
+    that their close neighbours can take over (:func:`drop_redundant`, with ``config.drop``)
+    and merges those that share a feature (:func:`collapse_split`), and splits the pairs still
+    merged one direction at a time (:func:`split_pairs`).
 
     Spurious candidates end with quadratic responses (~1e-7 of var f, against ≥ 1e-4 for true
     directions at noise 0.01) and are pruned. Close directions are merged only when one ridge
@@ -1031,6 +1132,8 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
         if config.drop:
             model, diag["dropped"] = drop_redundant(model, x, y, extent=extent)
             say(f"{diag['dropped']} redundant dropped")
+            model, diag["collapsed"] = collapse_split(model, x, y, extent=extent)
+            say(f"{diag['collapsed']} directions of split features collapsed")
         if config.split:
             # Pairs still merged, one at a time; then the new pairs' clusters face the drop test.
             model, pairs = split_pairs(model, x, y, jax.random.fold_in(key, 2), extent=extent)
