@@ -443,6 +443,17 @@ def test_cluster_fit_converges_in_a_few_gauss_newton_steps():
     assert np.all(cos > 1 - 1e-6), cos
 
 
+def _sigmoid_target(d=6):
+    """Three sigmoid ridges (nearly linear over the queries) on orthonormal directions, the
+    basis they come from, and 12 000 fit queries at noise 0.01."""
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(50), (d, d)))
+    target = O.Target(q[:3], jnp.array([1.0, -1.2, 0.9]), jnp.array([2, 2, 2]),
+                      jnp.array([1.2, 1.5, 1.0]), jnp.array([0.3, -0.4, 0.1]))
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(51))
+    x, y = R._fit_queries(orc, jax.random.key(52), 12_000, 1.0)
+    return q, target, x, y
+
+
 def test_drop_cost_ignores_where_a_nearly_linear_response_keeps_its_linear_part():
     # Three sigmoid ridges (nearly linear over the queries) and a fourth direction 0.35 rad from
     # the first. Fitted jointly, the fourth takes a response that is almost all linear (its
@@ -450,12 +461,7 @@ def test_drop_cost_ignores_where_a_nearly_linear_response_keeps_its_linear_part(
     # that its neighbour can carry, only the polynomial term can. The cost is measured in the
     # canonical form, so it is the same whichever of the two holds that part, and below the bar
     # (as fitted, the spline's linear part put it at 19; moved further into the spline, 104).
-    d = 6
-    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(50), (d, d)))
-    target = O.Target(q[:3], jnp.array([1.0, -1.2, 0.9]), jnp.array([2, 2, 2]),
-                      jnp.array([1.2, 1.5, 1.0]), jnp.array([0.3, -0.4, 0.1]))
-    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(51))
-    x, y = R._fit_queries(orc, jax.random.key(52), 12_000, 1.0)
+    q, target, x, y = _sigmoid_target()
     extra = ridge.unit((np.cos(0.35) * q[0] + np.sin(0.35) * q[3])[None])
     model = R.fit_ridge(jnp.concatenate([q[:3], extra]), x, y, extent=9.0, refine=True)
     assert R._shares(model, x)[3] < 1e-4 * R._shares(model, x)[:3].min()
@@ -470,7 +476,7 @@ def test_drop_cost_ignores_where_a_nearly_linear_response_keeps_its_linear_part(
     assert 1.0 < cost < bar and abs(cost2 - cost) < 1e-4 * cost, (cost, cost2)
     out, dropped = R.drop_redundant(shifted, x, y, extent=9.0)
     assert dropped == 1 and out.directions.shape[0] == 3
-    xt = 2 * jax.random.normal(jax.random.key(53), (8_000, d))
+    xt = 2 * jax.random.normal(jax.random.key(53), (8_000, 6))
     before, after = (float(ridge.relative_mse(m, xt, O.evaluate(target, xt))) for m in (model, out))
     assert after < 1.05 * before, (before, after)
 
@@ -554,12 +560,7 @@ def test_collapse_split_merges_a_feature_held_by_two_directions_but_not_a_close_
     # with the whole model, it lands on the feature at a lower in-sample error with fewer
     # parameters. A clustered pair at Δ = 0.3 rad costs hundreds of times its error to collapse
     # locally and stays.
-    d = 6
-    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(50), (d, d)))
-    target = O.Target(q[:3], jnp.array([1.0, -1.2, 0.9]), jnp.array([2, 2, 2]),
-                      jnp.array([1.2, 1.5, 1.0]), jnp.array([0.3, -0.4, 0.1]))
-    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(51))
-    x, y = R._fit_queries(orc, jax.random.key(52), 12_000, 1.0)
+    q, target, x, y = _sigmoid_target()
     split = jnp.stack([np.cos(0.25) * q[0] + np.sin(0.25) * q[3],
                        np.cos(0.25) * q[0] - np.sin(0.25) * q[4]])
     model = R.fit_ridge(jnp.concatenate([split, q[1:3]]), x, y, extent=9.0, refine=True)
