@@ -734,17 +734,19 @@ def _collapsed(directions: np.ndarray, coef: np.ndarray, power: np.ndarray):
 
 
 def _group_costs(model: ridge.RidgeModel, x, y, groups: list[np.ndarray], *, collapse: bool,
-                 steps: int, smoothing: float) -> tuple[np.ndarray, list]:
-    """What each group of rows (strongest first) of a canonical ``model`` adds to the fit.
+                 steps: int, smoothing: float) -> tuple[list[np.ndarray], np.ndarray, list]:
+    """What each group of rows of a canonical ``model`` adds to the fit.
 
-    The group is refitted on the residual of the rest of the model, responses and directions
-    jointly (:func:`_cluster_fit`), once whole and once reduced: without its weakest row, or
-    with ``collapse`` as one ridge (:func:`_collapsed`). The cost is the ratio of the whole
-    model's two mean squared errors. Returns the costs and each reduced group's fitted
-    directions and responses.
+    Each group is ordered by response variance on ``x``, strongest first, and refitted on the
+    residual of the rest of the model, responses and directions jointly (:func:`_cluster_fit`),
+    once whole and once reduced: without its weakest row, or with ``collapse`` as one ridge
+    (:func:`_collapsed`). The cost is the ratio of the whole model's two mean squared errors.
+    Returns the ordered groups, the costs and each reduced group's fitted directions and
+    responses.
     """
     resp = ridge.responses(model, x)
     power = np.asarray(jnp.var(resp, axis=0))
+    groups = [c[np.argsort(-power[c])] for c in groups]
     residual = y - ridge.predict(model, x)
     costs, fitted = np.zeros(len(groups)), [None] * len(groups)
     for size in sorted({len(c) for c in groups}):  # one compiled fit per group size
@@ -763,7 +765,7 @@ def _group_costs(model: ridge.RidgeModel, x, y, groups: list[np.ndarray], *, col
         costs[which] = (np.asarray(reduced) / np.asarray(whole))[: len(which)]
         for row, i in enumerate(which):
             fitted[i] = (directions[row], coef[row])
-    return costs, fitted
+    return groups, costs, fitted
 
 
 def drop_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
@@ -789,11 +791,18 @@ def drop_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
     (weakest last) and their costs.
     """
     model = _canonical(model, x)
-    power = np.asarray(jnp.var(ridge.responses(model, x), axis=0))
-    groups = [c[np.argsort(-power[c])] for c in clusters(model, close)
+    groups = [c for c in clusters(model, close)
               if len(c) <= largest and (only is None or np.isin(c, only).any())]
-    costs, _ = _group_costs(model, x, y, groups, collapse=False, steps=steps, smoothing=smoothing)
+    groups, costs, _ = _group_costs(model, x, y, groups, collapse=False, steps=steps,
+                                    smoothing=smoothing)
     return groups, costs
+
+
+def _aic_bar(model: ridge.RidgeModel, queries: int, factor: float, removed: int = 1) -> float:
+    """Akaike's bar on an error ratio for ``removed`` directions of d + k parameters each:
+    fitted to pure noise on ``queries`` queries they lower the mean squared error by the share
+    ≈ removed · (d + k) / queries, and ``factor`` = 2 is Akaike's criterion."""
+    return 1 + factor * removed * (model.directions.shape[1] + model.coef.shape[1]) / queries
 
 
 def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: float = DROP_AIC,
@@ -813,7 +822,7 @@ def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: floa
     Returns the model and the number dropped.
     """
     half = slice(None, None, 2)
-    bar = 1 + factor * (model.directions.shape[1] + model.coef.shape[1]) / x[half].shape[0]
+    bar = _aic_bar(model, x[half].shape[0], factor)
     dropped = 0
     for _ in range(passes):
         groups, costs = drop_costs(model, x[half], y[half], only=only)
@@ -860,11 +869,10 @@ def collapse_split(model: ridge.RidgeModel, x, y, *, extent: float, factor: floa
         if not chosen:  # (re)test the pairs of the current model
             canonical = _canonical(model, x[half])
             v = np.asarray(ridge.unit(canonical.directions))
-            i, j = np.nonzero(np.triu(np.abs(v @ v.T) > link, 1))
-            power = np.asarray(jnp.var(ridge.responses(canonical, x[half]), axis=0))
-            pairs = [p[np.argsort(-power[p])] for p in np.stack([i, j], 1)]
-            costs, fitted = _group_costs(canonical, x[half], y[half], pairs, collapse=True,
-                                         steps=COLLAPSE_STEPS, smoothing=1e-6)
+            pairs = list(np.argwhere(np.triu(np.abs(v @ v.T) > link, 1)))
+            pairs, costs, fitted = _group_costs(canonical, x[half], y[half], pairs,
+                                                collapse=True, steps=COLLAPSE_STEPS,
+                                                smoothing=1e-6)
             used = set()
             for p in np.argsort(costs):
                 if costs[p] >= local:
@@ -885,7 +893,7 @@ def collapse_split(model: ridge.RidgeModel, x, y, *, extent: float, factor: floa
         if reference is None:  # the model refitted alike: the merge must beat more steps too
             reference = float(ridge.mse(fit_ridge(model.directions, x, y, extent=extent,
                                                   refine=True, start=model), x, y))
-        bar = 1 + factor * len(chosen) * (directions.shape[1] + coef.shape[1]) / x.shape[0]
+        bar = _aic_bar(model, x.shape[0], factor, removed=len(chosen))
         if float(ridge.mse(merged, x, y)) <= bar * reference:
             model, removed, chosen, reference = merged, removed + len(chosen), [], None
         else:  # one bad candidate spoils the batch: retry the cheaper half
@@ -986,7 +994,7 @@ def split_pairs(model: ridge.RidgeModel, x, y, key, *, extent: float,
     half = slice(None, None, 2)
     m, d = model.directions.shape
     k = model.coef.shape[1]
-    bar = 1 + factor * (d + k) / x[half].shape[0]
+    bar = _aic_bar(model, x[half].shape[0], factor)
     costs, directions, coef = pair_costs(model, x[half], y[half], key)
     pairs = np.flatnonzero(costs > bar)
     if not len(pairs):

@@ -578,8 +578,8 @@ def test_collapse_split_merges_a_feature_held_by_two_directions_but_not_a_close_
     orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(54))
     x, y = R._fit_queries(orc, jax.random.key(55), 12_000, 1.0)
     model = R.fit_ridge(target.directions, x, y, extent=9.0, refine=True)
-    (cost,), _ = R._group_costs(R._canonical(model, x[::2]), x[::2], y[::2], [np.array([0, 1])],
-                                collapse=True, steps=R.COLLAPSE_STEPS, smoothing=1e-6)
+    _, (cost,), _ = R._group_costs(R._canonical(model, x[::2]), x[::2], y[::2], [np.array([0, 1])],
+                                   collapse=True, steps=R.COLLAPSE_STEPS, smoothing=1e-6)
     assert cost > 100, cost
     out, removed = R.collapse_split(model, x, y, extent=9.0)
     assert removed == 0 and out is model
