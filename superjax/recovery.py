@@ -85,6 +85,9 @@ PAIR_STEPS = 20
 #: fit's variance (measured by halving the fit's queries) falls to POLISH_TARGET of var y, and
 #: keeps the refit when it lowers the error on POLISH_HOLDOUT of them that it did not use.
 POLISH_TARGET, POLISH_HOLDOUT = 1e-5, 20_000
+#: :func:`converge` repeats joint fits of CONVERGE_STEPS L-BFGS steps until no direction moves
+#: more than CONVERGE_ANGLE degrees in one, at most CONVERGE_ROUNDS times.
+CONVERGE_STEPS, CONVERGE_ANGLE, CONVERGE_ROUNDS = 100, 0.05, 10
 #: A drop by this factor between consecutive singular values of the Hessian span marks exact data.
 EXACT_GAP = 1e3
 #: Eigenvalues of the order-4 Hermite moment count as signal above this multiple of the noise edge.
@@ -1054,6 +1057,38 @@ def split(model: ridge.RidgeModel, x, y, key, *, extent: float) -> tuple[ridge.R
                   "split_added": int(tidy.directions.shape[0] - v.shape[0])}
 
 
+def _angles_deg(u, w) -> np.ndarray:
+    """Angles (degrees) between the lines of matching rows, exact near 0 (from the chord, in
+    float64, not from a float32 cosine)."""
+    u, w = (np.asarray(a, np.float64) for a in (u, w))
+    u, w = (a / np.linalg.norm(a, axis=-1, keepdims=True) for a in (u, w))
+    chord = np.minimum(np.linalg.norm(u - w, axis=-1), np.linalg.norm(u + w, axis=-1))
+    return np.degrees(2 * np.arcsin(np.minimum(chord / 2, 1.0)))
+
+
+def converge(model: ridge.RidgeModel, x, y, *, steps: int = CONVERGE_STEPS,
+             angle: float = CONVERGE_ANGLE, rounds: int = CONVERGE_ROUNDS
+             ) -> tuple[ridge.RidgeModel, dict]:
+    """Joint fits (responses and directions) of ``steps`` L-BFGS steps each, warm-started, until
+    no direction moves more than ``angle`` degrees in one, at most ``rounds`` of them.
+
+    A fixed number of steps stops short where the loss is flat along a direction: a weak
+    response whose quadratic part the polynomial term takes (sigmoid, a = 0.53, at d = 16,
+    n = 64) kept 2.8° of error after the stages' fits, against a Cramér–Rao bound of 0.60°, and
+    reached 0.7° after 300 more steps. Returns the model and diagnostics: rounds run and the
+    last round's largest move (degrees).
+    """
+    m = model.directions.shape[0]
+    padded = _padded(model)
+    active = jnp.arange(padded.directions.shape[0]) < m
+    done, moved = 0, np.inf
+    while done < rounds and moved > angle:
+        fitted = ridge.fit(padded, x, y, directions=True, steps=steps, active=active)
+        moved = float(np.max(_angles_deg(fitted.directions[:m], padded.directions[:m])))
+        padded, done = fitted, done + 1
+    return _rows(padded, slice(0, m)), {"converge_rounds": done, "converge_moved_deg": moved}
+
+
 def polish(model: ridge.RidgeModel, x, y, pool: tuple[Array, Array], *, extent: float,
            target: float = POLISH_TARGET) -> tuple[ridge.RidgeModel, dict]:
     """Refits ``model`` (fitted on ``x, y``) on more queries when its variance calls for it: the
@@ -1158,6 +1193,10 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
                                                 only=np.arange(m - 2 * pairs, m))
                 diag["dropped"] += dropped
                 say(f"{dropped} more dropped")
+        model, converged = converge(model, x, y)
+        diag.update(converged)
+        say(f"converged in {converged['converge_rounds']} joint fits (last moved "
+            f"{converged['converge_moved_deg']:.2g}°)")
         if config.polish and pool is not None and model.directions.shape[0]:
             model, polished = polish(model, x, y, pool, extent=extent,
                                      target=config.polish_target)

@@ -411,13 +411,31 @@ def test_finish_keeps_a_separated_close_pair_and_merges_a_candidate_found_twice(
     again = R.fit_ridge(directions, xf, yf, extent=9.0, refine=True, start=model)
     before = float(ridge.relative_mse(model, xf, yf))
     assert float(ridge.relative_mse(again, xf, yf)) > 0.995 * before
+    assert np.all(R._angles_deg(again.directions, directions) < 2 * R.CONVERGE_ANGLE)
     # One progress line per stage, the last one describing the returned model.
     assert messages[0].startswith("finish: fit of 5 candidates on 12000 fresh queries: "
                                   "5 directions")
     assert messages[1].startswith("finish: silent and duplicate directions removed: 4 directions")
-    assert messages[-2].startswith("finish: 0 redundant dropped: 4 directions")
-    assert messages[-1].startswith("finish: 0 directions of split features collapsed: 4 "
-                                   f"directions, relative error {before:.3g} (")
+    assert messages[-3].startswith("finish: 0 redundant dropped: 4 directions")
+    assert messages[-2].startswith("finish: 0 directions of split features collapsed: 4 ")
+    assert messages[-1].startswith("finish: converged in ")
+    assert f"4 directions, relative error {before:.3g} (" in messages[-1]
+
+
+def test_converge_reaches_the_optimum_of_a_long_fit():
+    # Three nearly linear sigmoid ridges, fitted 10 steps from directions 0.05 rad off: the fit
+    # stops 1.7–2.2° from them. Rounds of 100 steps run until no direction moves more than
+    # CONVERGE_ANGLE, and land where 1000 steps in one fit do, within 0.06° of the features.
+    q, target, x, y = _sigmoid_target()
+    tilt = jnp.stack([np.cos(0.05) * q[i] + np.sin(0.05) * q[3 + i] for i in range(3)])
+    start = R.fit_ridge(tilt, x, y, extent=9.0, refine=True, steps=10)
+    assert np.all(R._angles_deg(start.directions, q[:3])[[0, 2]] > 1.0)
+    out, diag = R.converge(start, x, y)
+    assert diag["converge_rounds"] >= 2 and diag["converge_moved_deg"] <= R.CONVERGE_ANGLE
+    assert np.all(R._angles_deg(out.directions, q[:3]) < 0.06)
+    long = R.fit_ridge(tilt, x, y, extent=9.0, refine=True, steps=1000)
+    assert np.all(R._angles_deg(long.directions, out.directions) < 0.01)
+    np.testing.assert_allclose(float(ridge.mse(out, x, y)), float(ridge.mse(long, x, y)), rtol=1e-4)
 
 
 def test_cluster_fit_converges_in_a_few_gauss_newton_steps():
