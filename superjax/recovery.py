@@ -1084,7 +1084,8 @@ def converge(model: ridge.RidgeModel, x, y, *, steps: int = CONVERGE_STEPS,
     done, moved = 0, np.inf
     while done < rounds and moved > angle:
         fitted = ridge.fit(padded, x, y, directions=True, steps=steps, active=active)
-        moved = float(np.max(_angles_deg(fitted.directions[:m], padded.directions[:m])))
+        moved = float(np.max(_angles_deg(fitted.directions[:m], padded.directions[:m]),
+                             initial=0.0))
         padded, done = fitted, done + 1
     return _rows(padded, slice(0, m)), {"converge_rounds": done, "converge_moved_deg": moved}
 
