@@ -1141,8 +1141,9 @@ def finish(oracle: Oracle, key, candidates: Float[Array, "m d"], config: Recover
     """Fits the ridge model on fresh queries, refines it, drops empty or redundant directions,
     splits merged close pairs, refines the result once more (warm-started), drops directions
     that their close neighbours can take over (:func:`drop_redundant`, with ``config.drop``)
-    and merges those that share a feature (:func:`collapse_split`), and splits the pairs still
-    merged one direction at a time (:func:`split_pairs`).
+    and merges those that share a feature (:func:`collapse_split`), splits the pairs still
+    merged one direction at a time (:func:`split_pairs`), and runs the joint fit to convergence
+    (:func:`converge`).
 
     Spurious candidates end with quadratic responses (~1e-7 of var f, against ≥ 1e-4 for true
     directions at noise 0.01) and are pruned. Close directions are merged only when one ridge
