@@ -269,9 +269,9 @@ def main(argv=None) -> int:
             row["search_rounds"] = len(rep["diagnostics"]["rounds"])
             row["search_stop"] = rep["diagnostics"]["stop"]
         for k in ("split_error_before", "split_error_doubled", "split_accepted", "split_added",
-                  "dropped", "collapsed", "pairs_split", "polish_variance", "polish_queries",
-                  "polish_accepted"):
-            if k in rep["diagnostics"]:  # the split stages' tests, the drop and the polish
+                  "dropped", "collapsed", "pairs_split", "converge_rounds", "polish_variance",
+                  "polish_queries", "polish_accepted"):
+            if k in rep["diagnostics"]:  # the finishing fit's stages
                 row[k] = rep["diagnostics"][k]
         done[_key(s)] = row
         eta = (time.perf_counter() - start) / (i + 1) * (len(fresh) - i - 1)
