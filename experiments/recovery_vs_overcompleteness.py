@@ -269,8 +269,8 @@ def main(argv=None) -> int:
             row["search_rounds"] = len(rep["diagnostics"]["rounds"])
             row["search_stop"] = rep["diagnostics"]["stop"]
         for k in ("split_error_before", "split_error_doubled", "split_accepted", "split_added",
-                  "dropped", "collapsed", "pairs_split", "converge_rounds", "polish_variance",
-                  "polish_queries", "polish_accepted"):
+                  "dropped", "collapsed", "pairs_split", "converge_rounds", "converged",
+                  "polish_variance", "polish_queries", "polish_accepted"):
             if k in rep["diagnostics"]:  # the finishing fit's stages
                 row[k] = rep["diagnostics"][k]
         done[_key(s)] = row
