@@ -372,6 +372,33 @@ def test_split_pairs_finds_the_missing_member_of_a_close_pair():
     assert pairs == 0 and same is exact
 
 
+def test_pair_costs_retry_an_opposite_sign_pair_from_the_fitted_pair_axis():
+    # Two ReLUs 0.1 rad apart with weights +1.5 and -0.6: one ridge stands for them at the
+    # weight-centroid of their angles, outside the pair (3° beyond the strong member). A twin
+    # started there stops with both directions on that outer side; the retry along the fitted
+    # pair's axis lands on both members and pays far more.
+    d, delta = 8, 0.1
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(20), (d, d)))
+    v = jnp.stack([q[0], jnp.cos(delta) * q[0] + jnp.sin(delta) * q[1], q[2], q[3]])
+    target = O.Target(v, jnp.array([1.5, -0.6, 0.7, 1.2]), jnp.array([0, 0, 1, 4]),
+                      jnp.array([1.0, 1.0, 2.0, 1.0]), jnp.array([0.84, 0.9, 0.2, 0.0]))
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(21))
+    x, y = R._fit_queries(orc, jax.random.key(22), 12_000, 1.0)
+    v = np.asarray(v)
+    merged = R.fit_ridge(v[[0, 2, 3]], x, y, extent=9.0, refine=True)
+    outside = np.abs(v[:2] @ np.asarray(ridge.unit(merged.directions))[0])
+    assert outside[1] < np.cos(delta + 0.03) and outside[0] < np.cos(0.03), outside
+    bar = R._aic_bar(merged, 6_000, R.DROP_AIC)
+    first, pair, _ = R.pair_costs(merged, x[::2], y[::2], jax.random.key(35))
+    retried, pair_again, _ = R.pair_costs(merged, x[::2], y[::2], jax.random.key(35),
+                                          retry_above=bar)
+    members = lambda p: np.abs(v[:2] @ np.asarray(ridge.unit(p[0])).T)  # noqa: E731
+    assert first[0] > bar and members(pair).max(1)[1] < 0.99, members(pair)
+    assert np.all(np.asarray(matched_scores(jnp.asarray(members(pair_again)))) >= 0.999)
+    assert retried[0] > 1.3 * first[0], (first, retried)
+    np.testing.assert_array_equal(retried[1:], first[1:])  # below the bar: not retried
+
+
 def test_merge_redundant_drops_a_duplicate_but_not_a_distinct_pair():
     target, _ = _pair_target()
     x = jax.random.normal(jax.random.key(24), (8_000, 6))
