@@ -988,25 +988,29 @@ def pair_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
 
     alone = np.asarray(fit(*_padded8(jnp.asarray(v)[:, None], half[:, None], targets),
                            live=jnp.ones(1, bool))[0][:m])
-    idx = np.tile(np.arange(m), 2)
+
+    def best_of_two(idx, with_pair):  # per row of idx: the better of its two fits
+        costs = alone[idx] / np.asarray(with_pair)[: 2 * len(idx)].reshape(2, len(idx))
+        return costs.max(0), np.argmax(costs, axis=0) * len(idx) + np.arange(len(idx))
+
+    rows = np.arange(m)
+    idx = np.tile(rows, 2)
     with_pair, directions, coef = pairs(idx, twins, jnp.stack([half[idx], half[idx]], 1))
-    costs = alone / np.asarray(with_pair)[: 2 * m].reshape(2, m)
-    best = np.argmax(costs, axis=0) * m + np.arange(m)
-    costs, directions, coef = costs.max(0), directions[best], coef[best]
+    costs, best = best_of_two(rows, with_pair)
+    directions, coef = directions[best], coef[best]
     retry = np.flatnonzero(costs > retry_above) if retry_above is not None else []
     if len(retry):
         first, second = np.asarray(directions[retry, 0]), np.asarray(directions[retry, 1])
         axis = first - np.sign(np.sum(first * second, 1, keepdims=True)) * second
-        again = np.tile(retry, 2)
         starts = np.concatenate([_moved(v[retry], axis, PAIR_RETRY_ANGLE),
                                  _moved(v[retry], -axis, PAIR_RETRY_ANGLE)])
+        again = np.tile(retry, 2)
         with_pair, fitted, fitted_coef = pairs(again, starts, coef[again])
-        retried = alone[again] / np.asarray(with_pair)[: len(again)]
-        for j in np.argsort(retried):  # the better of the two retries overwrites last
-            if retried[j] > costs[again[j]]:
-                costs[again[j]] = retried[j]
-                directions = directions.at[again[j]].set(fitted[j])
-                coef = coef.at[again[j]].set(fitted_coef[j])
+        retried, best = best_of_two(retry, with_pair)
+        better = retried > costs[retry]
+        costs[retry[better]] = retried[better]
+        directions = directions.at[retry[better]].set(fitted[best[better]])
+        coef = coef.at[retry[better]].set(fitted_coef[best[better]])
     return costs, directions, coef
 
 
