@@ -86,9 +86,10 @@ PAIR_STEPS, PAIR_RETRY_ANGLE = 20, 0.15
 #: fit's variance (measured by halving the fit's queries) falls to POLISH_TARGET of var y, and
 #: keeps the refit when it lowers the error on POLISH_HOLDOUT of them that it did not use.
 POLISH_TARGET, POLISH_HOLDOUT = 1e-5, 20_000
-#: :func:`converge` repeats joint fits of CONVERGE_STEPS L-BFGS steps until no direction moves
-#: more than CONVERGE_ANGLE degrees in one, at most CONVERGE_ROUNDS times.
-CONVERGE_STEPS, CONVERGE_ANGLE, CONVERGE_ROUNDS = 100, 0.05, 10
+#: :func:`converge` repeats rounds (CONVERGE_CLUSTER_STEPS Levenberg–Marquardt steps on each
+#: cluster of close directions, then a joint fit of CONVERGE_STEPS L-BFGS steps) until no
+#: direction moves more than CONVERGE_ANGLE degrees in one, at most CONVERGE_ROUNDS times.
+CONVERGE_STEPS, CONVERGE_CLUSTER_STEPS, CONVERGE_ANGLE, CONVERGE_ROUNDS = 100, 8, 0.05, 10
 #: A drop by this factor between consecutive singular values of the Hessian span marks exact data.
 EXACT_GAP = 1e3
 #: Eigenvalues of the order-4 Hermite moment count as signal above this multiple of the noise edge.
@@ -737,6 +738,20 @@ def _collapsed(directions: np.ndarray, coef: np.ndarray, power: np.ndarray):
     return directions, coef
 
 
+def _refit_groups(model: ridge.RidgeModel, x, resp, residual, idx: np.ndarray, directions,
+                  coef, live, *, steps: int, smoothing: float):
+    """Groups of one size (the rows of ``idx``, shape (t, size)) started from ``directions`` and
+    ``coef`` (t, size, ·), each fitted by its ``live`` rows to the model's ``residual`` plus its
+    own responses ``resp[:, idx]`` (:func:`_cluster_fit`, the rest of the model held). Returns
+    each group's mean squared error and fitted directions and responses."""
+    t = len(idx)
+    targets = residual[None] + jnp.sum(resp[:, idx], axis=-1).T
+    error, directions, coef = _cluster_refits(
+        model, x, *_padded8(jnp.asarray(directions), jnp.asarray(coef), targets), live,
+        smoothing=smoothing, steps=steps)
+    return error[:t], directions[:t], coef[:t]
+
+
 def _group_costs(model: ridge.RidgeModel, x, y, groups: list[np.ndarray], *, collapse: bool,
                  steps: int, smoothing: float) -> tuple[list[np.ndarray], np.ndarray, list]:
     """What each group of rows of a canonical ``model`` adds to the fit.
@@ -756,20 +771,44 @@ def _group_costs(model: ridge.RidgeModel, x, y, groups: list[np.ndarray], *, col
     for size in sorted({len(c) for c in groups}):  # one compiled fit per group size
         which = [i for i, c in enumerate(groups) if len(c) == size]
         idx = np.stack([groups[i] for i in which])                                    # (t, size)
-        targets = residual[None] + jnp.sum(resp[:, idx], axis=-1).T
         directions, coef = np.asarray(model.directions)[idx], np.asarray(model.coef)[idx]
-        fit = functools.partial(_cluster_refits, model, x, smoothing=smoothing, steps=steps)
+        fit = functools.partial(_refit_groups, model, x, resp, residual, idx, steps=steps,
+                                smoothing=smoothing)
         every = jnp.ones(size, bool)
-        whole = fit(*_padded8(jnp.asarray(directions), jnp.asarray(coef), targets), every)[0]
+        whole = fit(directions, coef, every)[0]
         if collapse:
             directions, coef = _collapsed(directions, coef, power[idx])
         live = every.at[1:].set(False) if collapse else every.at[-1].set(False)
-        reduced, directions, coef = fit(
-            *_padded8(jnp.asarray(directions), jnp.asarray(coef), targets), live)
-        costs[which] = (np.asarray(reduced) / np.asarray(whole))[: len(which)]
+        reduced, directions, coef = fit(directions, coef, live)
+        costs[which] = np.asarray(reduced) / np.asarray(whole)
         for row, i in enumerate(which):
             fitted[i] = (directions[row], coef[row])
     return groups, costs, fitted
+
+
+def refit_clusters(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
+                   steps: int = CONVERGE_CLUSTER_STEPS, close: float = DROP_CLOSE,
+                   largest: int = DROP_LARGEST, smoothing: float = 1e-6
+                   ) -> tuple[ridge.RidgeModel, int]:
+    """Every cluster of close directions (:func:`clusters`, at most ``largest`` of them) refitted
+    on its own: directions and responses jointly, by Levenberg–Marquardt (:func:`_cluster_fit`),
+    to the model's residual plus the cluster's own responses, with the rest of the model held.
+
+    Inside a close pair the loss is nearly flat along the pair's difference (the two ridges
+    trade response for angle), so first-order fits of the whole model creep there; the
+    cluster's exact Gauss–Newton step does not. Returns the model and the number of clusters.
+    """
+    groups = [c for c in clusters(model, close) if len(c) <= largest]
+    resp = ridge.responses(model, x)
+    residual = y - ridge.predict(model, x)
+    directions, coef = np.array(model.directions), np.array(model.coef)
+    for size in sorted({len(c) for c in groups}):
+        idx = np.stack([c for c in groups if len(c) == size])
+        _, fitted, fitted_coef = _refit_groups(model, x, resp, residual, idx, directions[idx],
+                                               coef[idx], jnp.ones(size, bool), steps=steps,
+                                               smoothing=smoothing)
+        directions[idx], coef[idx] = np.asarray(fitted), np.asarray(fitted_coef)
+    return model._replace(directions=jnp.asarray(directions), coef=jnp.asarray(coef)), len(groups)
 
 
 def drop_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, " b"], *,
@@ -1098,26 +1137,33 @@ def _angles_deg(u, w) -> np.ndarray:
 
 
 def converge(model: ridge.RidgeModel, x, y, *, steps: int = CONVERGE_STEPS,
-             angle: float = CONVERGE_ANGLE, rounds: int = CONVERGE_ROUNDS
-             ) -> tuple[ridge.RidgeModel, dict]:
-    """Joint fits (responses and directions) of ``steps`` L-BFGS steps each, warm-started, until
-    no direction moves more than ``angle`` degrees in one, at most ``rounds`` of them.
+             cluster_steps: int = CONVERGE_CLUSTER_STEPS, angle: float = CONVERGE_ANGLE,
+             rounds: int = CONVERGE_ROUNDS) -> tuple[ridge.RidgeModel, dict]:
+    """Rounds of fits, warm-started, until no direction moves more than ``angle`` degrees in one,
+    at most ``rounds`` of them: each round refits every cluster of close directions on its own
+    (:func:`refit_clusters`, ``cluster_steps`` Levenberg–Marquardt steps; 0: none), then the
+    whole model jointly (responses and directions, ``steps`` L-BFGS steps).
 
     A fixed number of steps stops short where the loss is flat along a direction: a weak
     response whose quadratic part the polynomial term takes (sigmoid, a = 0.53, at d = 16,
     n = 64) kept 2.8° of error after the stages' fits, against a Cramér–Rao bound of 0.60°, and
-    reached 0.7° after 300 more steps. Where the rounds run out first (d = 16, Δ = 0.1 pairs
-    with two spare directions still moved 0.47° in the tenth), the last fit is still the better
-    one: there it lowered the mean angle from 0.92° to 0.68° and the error at twice the scale
-    by 10 %. Returns the model and diagnostics: rounds run, the last round's largest move
-    (degrees), whether it converged.
+    reached 0.7° after 300 more steps. Close pairs are flat along their difference: at d = 16,
+    Δ = 0.1, n = 64, joint fits alone still moved 0.18° in the tenth round and 0.06° in the
+    thirtieth (mean angle 0.51° → 0.29° → 0.25°); with the cluster refits the rounds converge in
+    four, at 0.25° (docs/results.md, session 32). Returns the model and diagnostics: rounds
+    run, the last round's largest move (degrees), whether it converged.
     """
     m = model.directions.shape[0]
     padded = _padded(model)
     active = jnp.arange(padded.directions.shape[0]) < m
     done, moved = 0, np.inf
     while done < rounds and moved > angle:
-        fitted = ridge.fit(padded, x, y, directions=True, steps=steps, active=active)
+        start = padded
+        if cluster_steps:
+            rows, _ = refit_clusters(_rows(padded, slice(0, m)), x, y, steps=cluster_steps)
+            start = padded._replace(directions=padded.directions.at[:m].set(rows.directions),
+                                    coef=padded.coef.at[:m].set(rows.coef))
+        fitted = ridge.fit(start, x, y, directions=True, steps=steps, active=active)
         moved = float(np.max(_angles_deg(fitted.directions[:m], padded.directions[:m]),
                              initial=0.0))
         padded, done = fitted, done + 1
