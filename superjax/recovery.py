@@ -799,6 +799,8 @@ def refit_clusters(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Arr
     cluster's exact Gauss–Newton step does not. Returns the model and the number of clusters.
     """
     groups = [c for c in clusters(model, close) if len(c) <= largest]
+    if not groups:  # uniform directions: nothing to refit, no responses to evaluate
+        return model, 0
     resp = ridge.responses(model, x)
     residual = y - ridge.predict(model, x)
     directions, coef = np.array(model.directions), np.array(model.coef)
