@@ -612,9 +612,10 @@ def test_polish_measures_the_fit_variance_and_refits_on_as_many_queries_as_it_ca
         assert grown == 4000 + int(np.ceil(4000 * (diag["polish_variance"] / 2e-4 - 1)))
         # The error falls as 1/Q down to the fit's bias (the noiseless fit's error).
         assert after < 1.5 * (before * 4000 / grown + bias), (before, after, grown, bias)
-        # Target 0: every pool query but the held-out ones (a fifth of this pool).
-        _, every = R.polish(model, x, y, pool, extent=9.0, target=0.0)
-        assert every["polish_queries"] == 4000 + 50_000 - 50_000 // 5, every
+        # Target 0: every pool query but the held-out ones (a fifth of a pool this small).
+        small = (pool[0][:10_000], pool[1][:10_000])
+        _, every = R.polish(model, x, y, small, extent=9.0, target=0.0)
+        assert every["polish_queries"] == 4000 + 10_000 - 10_000 // 5, every
 
 
 def test_collapsed_ridge_flips_its_spline_with_its_direction_and_sums_the_responses():
