@@ -269,7 +269,7 @@ def main(argv=None) -> int:
             row["search_rounds"] = len(rep["diagnostics"]["rounds"])
             row["search_stop"] = rep["diagnostics"]["stop"]
         for k in ("split_error_before", "split_error_doubled", "split_accepted", "split_added",
-                  "dropped", "collapsed", "pairs_split", "converge_rounds", "converged",
+                  "dropped", "collapsed", "pairs_split", "converge_rounds", "converged", "pruned",
                   "polish_variance", "polish_queries", "polish_accepted"):
             if k in rep["diagnostics"]:  # the finishing fit's stages
                 row[k] = rep["diagnostics"][k]

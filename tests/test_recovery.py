@@ -498,6 +498,29 @@ def test_converge_refits_a_close_pair_on_its_own_each_round():
                                rtol=2e-4)
 
 
+def test_prune_silent_removes_a_direction_left_without_response_and_nothing_else():
+    # A fifth direction carrying a thousandth of the bump's response (~1e-7 of var f, below
+    # PRUNE): pruned, and the refit lands where a fit on the four features does. A model whose
+    # every direction carries a feature comes back as it is.
+    target, _ = _pair_target()
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(21))
+    x, y = R._fit_queries(orc, jax.random.key(22), 12_000, 1.0)
+    v = np.asarray(target.directions)
+    exact = R.fit_ridge(v, x, y, extent=9.0, refine=True)
+    same, none = R.prune_silent(exact, x, y, extent=9.0)
+    assert none == 0 and same is exact
+    stray = ridge.unit(jnp.asarray(v[3] + v[0] + 0.5 * v[2])[None])
+    silent = exact._replace(directions=jnp.concatenate([exact.directions, stray]),
+                            coef=jnp.concatenate([exact.coef, 1e-3 * exact.coef[3:4]]))
+    share = R._share(silent, x, y)
+    assert share[4] < R.PRUNE < share[:4].min(), share
+    pruned, removed = R.prune_silent(silent, x, y, extent=9.0)
+    assert removed == 1 and pruned.directions.shape[0] == 4
+    assert np.all(R._angles_deg(pruned.directions, exact.directions) < 0.05)
+    np.testing.assert_allclose(float(ridge.mse(pruned, x, y)), float(ridge.mse(exact, x, y)),
+                               rtol=1e-2)
+
+
 def test_cluster_fit_converges_in_a_few_gauss_newton_steps():
     # Three ridges with random splines; from 0.05-rad-off directions and shrunk responses the
     # Levenberg–Marquardt fit recovers the target to ~1e-8 of its variance in 10 steps.
