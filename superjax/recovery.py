@@ -1101,20 +1101,25 @@ def _tidy(model: ridge.RidgeModel, x, y, *, extent: float, refine: bool) -> ridg
     return model
 
 
-def prune_silent(model: ridge.RidgeModel, x, y, *, extent: float) -> tuple[ridge.RidgeModel, int]:
-    """Removes the directions whose response has fallen below ``PRUNE`` of var f (non-polynomial
-    share, as :func:`_tidy` prunes the candidates) and refits the rest jointly, warm-started.
+def prune_silent(model: ridge.RidgeModel, x, y, *, extent: float,
+                 factor: float = DROP_AIC) -> tuple[ridge.RidgeModel, int]:
+    """Removes the directions whose response carries no more than a fit of pure noise would give
+    it, and refits the rest jointly, warm-started. The bar is Akaike's, as the drop test's: a
+    response's non-polynomial share of var y (:func:`_share`) at most ``factor`` · (k − 3) ·
+    relative error / queries, (k − 3) its free spline coefficients.
 
-    The tidy stage prunes before the split stages, which can leave a direction with almost no
-    response: d = 16, Δ = 0.1, n = 128, seed 1 ended with one at 4e-8 of var f, 17° from any
-    feature, that moved 0.8–1.5° in every convergence round, and one at 3e-6. Pruned after the
-    rounds (not before: a member just split off can start below ``PRUNE`` and grow there), the
-    error at twice the query scale fell from 8.6e-5 to 6.1e-5 of var f, the held-out error at
-    the scale stayed at 6.0e-5 (docs/results.md, session 33). Returns the model and the number
-    of directions removed.
+    The split stages can leave a direction with almost no response: d = 16, Δ = 0.1, n = 128,
+    seed 1 ended with one at 4e-8 of var y (the bar: 1.9e-7), 17° from any feature, that moved
+    0.8–1.5° in every convergence round. Pruned after the rounds (not before: a member just split
+    off can start weak and grow there), the error at twice the query scale fell from 8.6e-5 to
+    6.3e-5 of var f and the held-out error at the scale stayed at 6.0e-5 (docs/results.md,
+    session 33). A bar that scales with the fit's error and queries, unlike ``PRUNE``, stays
+    below every feature's share as n grows (the weakest of d = 32, n = 256 sigmoid features
+    carries 4.9e-6). Returns the model and the number of directions removed.
     """
-    m = model.directions.shape[0]
-    keep = np.flatnonzero(_share(model, x, y) > PRUNE)
+    m, k = model.coef.shape
+    bar = factor * (k - 3) * float(ridge.relative_mse(model, x, y)) / x.shape[0]
+    keep = np.flatnonzero(_share(model, x, y) > bar)
     if len(keep) == m:
         return model, 0
     rows = _rows(model, keep)
