@@ -843,11 +843,14 @@ def drop_costs(model: ridge.RidgeModel, x: Float[Array, "b d"], y: Float[Array, 
     return groups, costs
 
 
-def _aic_bar(model: ridge.RidgeModel, queries: int, factor: float, removed: int = 1) -> float:
-    """Akaike's bar on an error ratio for ``removed`` directions of d + k parameters each:
-    fitted to pure noise on ``queries`` queries they lower the mean squared error by the share
-    ≈ removed · (d + k) / queries, and ``factor`` = 2 is Akaike's criterion."""
-    return 1 + factor * removed * (model.directions.shape[1] + model.coef.shape[1]) / queries
+def _aic_bar(model: ridge.RidgeModel, queries: int, factor: float, removed: int = 1,
+             parameters: int | None = None) -> float:
+    """Akaike's bar on an error ratio for ``removed`` directions of ``parameters`` each (default
+    d + k): fitted to pure noise on ``queries`` queries they lower the mean squared error by the
+    share ≈ removed · parameters / queries, and ``factor`` = 2 is Akaike's criterion."""
+    if parameters is None:
+        parameters = model.directions.shape[1] + model.coef.shape[1]
+    return 1 + factor * removed * parameters / queries
 
 
 def drop_redundant(model: ridge.RidgeModel, x, y, *, extent: float, factor: float = DROP_AIC,
@@ -1118,7 +1121,8 @@ def prune_silent(model: ridge.RidgeModel, x, y, *, extent: float,
     carries 4.9e-6). Returns the model and the number of directions removed.
     """
     m, k = model.coef.shape
-    bar = factor * (k - 3) * float(ridge.relative_mse(model, x, y)) / x.shape[0]
+    bar = (_aic_bar(model, x.shape[0], factor, parameters=k - 3) - 1) * float(
+        ridge.relative_mse(model, x, y))
     keep = np.flatnonzero(_share(model, x, y) > bar)
     if len(keep) == m:
         return model, 0

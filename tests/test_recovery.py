@@ -514,7 +514,7 @@ def test_prune_silent_removes_a_direction_left_without_response_and_nothing_else
     silent = exact._replace(directions=jnp.concatenate([exact.directions, stray]),
                             coef=jnp.concatenate([exact.coef, 1e-4 * exact.coef[3:4]]))
     share = R._share(silent, x, y)
-    bar = R.DROP_AIC * 45 * float(ridge.relative_mse(silent, x, y)) / x.shape[0]
+    bar = R.DROP_AIC * (48 - 3) * float(ridge.relative_mse(silent, x, y)) / x.shape[0]
     assert share[4] < bar / 10 and share[:4].min() > 100 * bar, (share, bar)
     pruned, removed = R.prune_silent(silent, x, y, extent=9.0)
     assert removed == 1 and pruned.directions.shape[0] == 4
