@@ -523,6 +523,33 @@ def test_prune_silent_removes_a_direction_left_without_response_and_nothing_else
                                rtol=1e-2)
 
 
+def test_tidy_keeps_a_weak_feature_under_prune_that_the_queries_resolve():
+    # A fifth feature at ~4e-6 of var f, below the fixed PRUNE share (1e-5) but several times
+    # what a fit of noise gives a response (~5e-7 here), as the weakest features are at
+    # n = 256: the tidying keeps it and still removes a direction without response. While
+    # much of f is unexplained the noise bar is above PRUNE, which then rules as before.
+    pair, _ = _pair_target()
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(20), (6, 6)))
+    weak = O.Target(q[4:5], jnp.array([0.004]), jnp.array([3]), jnp.array([1.5]),
+                    jnp.array([0.4]))  # sin(1.5 z + 0.4)
+    target = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), pair, weak)
+    orc = O.Oracle.from_target(target, noise=0.01, key=jax.random.key(21))
+    x, y = R._fit_queries(orc, jax.random.key(22), 12_000, 1.0)
+    v = np.asarray(target.directions)
+    exact = R.fit_ridge(v, x, y, extent=9.0, refine=True)
+    share, bar = R._share(exact, x, y), R._keep_bar(exact, x, y)
+    assert bar == R._noise_share(exact, x, y) and 3 * bar < share[4] < 0.5 * R.PRUNE, (share, bar)
+    assert R._tidy(exact, x, y, extent=9.0, refine=False).directions.shape[0] == 5
+    stray = ridge.unit(jnp.asarray(v[3] + v[0] + 0.5 * v[2])[None])
+    silent = exact._replace(directions=jnp.concatenate([exact.directions, stray]),
+                            coef=jnp.concatenate([exact.coef, 1e-4 * exact.coef[3:4]]))
+    tidy = R._tidy(silent, x, y, extent=9.0, refine=False)
+    assert tidy.directions.shape[0] == 5
+    assert np.all(R._angles_deg(tidy.directions, exact.directions) < 1e-3)
+    partial = R.fit_ridge(v[:2], x, y, extent=9.0)
+    assert R._noise_share(partial, x, y) > R.PRUNE == R._keep_bar(partial, x, y)
+
+
 def test_cluster_fit_converges_in_a_few_gauss_newton_steps():
     # Three ridges with random splines; from 0.05-rad-off directions and shrunk responses the
     # Levenberg–Marquardt fit recovers the target to ~1e-8 of its variance in 10 steps.
