@@ -1092,7 +1092,7 @@ def _noise_share(model: ridge.RidgeModel, x, y, factor: float = DROP_AIC) -> flo
     relative error / queries of it on average; ``factor`` = 2 is Akaike's criterion."""
     k = model.coef.shape[1]
     return (_aic_bar(model, x.shape[0], factor, parameters=k - 3) - 1) * float(
-        ridge.relative_mse(model, x, y))
+        ridge.relative_mse(_padded(model), x, y))  # padded: one program as the count changes
 
 
 def _keep_bar(model: ridge.RidgeModel, x, y) -> float:
