@@ -518,14 +518,14 @@ def test_the_noise_bar_keeps_a_weak_feature_and_removes_a_direction_without_resp
     assert bar == R._noise_share(exact, x, y) == pytest.approx(
         R.DROP_AIC * (48 - 3) * float(ridge.relative_mse(exact, x, y)) / x.shape[0])
     assert 3 * bar < share[4] < 0.5 * R.PRUNE and share[:4].min() > 100 * bar, (share, bar)
-    assert R._tidy(exact, x, y, extent=9.0, refine=False).directions.shape[0] == 5
+    assert R._tidy(exact, x, y, extent=9.0, refine=False, bar=bar).directions.shape[0] == 5
     same, none = R.prune_silent(exact, x, y, extent=9.0)
     assert none == 0 and same is exact
     stray = ridge.unit(jnp.asarray(v[3] + v[0] + 0.5 * v[2])[None])
     silent = exact._replace(directions=jnp.concatenate([exact.directions, stray]),
                             coef=jnp.concatenate([exact.coef, 1e-4 * exact.coef[3:4]]))
     assert R._share(silent, x, y)[5] < bar / 10
-    tidy = R._tidy(silent, x, y, extent=9.0, refine=False)
+    tidy = R._tidy(silent, x, y, extent=9.0, refine=False, bar=R._keep_bar(silent, x, y))
     assert tidy.directions.shape[0] == 5
     assert np.all(R._angles_deg(tidy.directions, exact.directions) < 1e-3)
     pruned, removed = R.prune_silent(silent, x, y, extent=9.0)
