@@ -1096,17 +1096,20 @@ def _noise_share(model: ridge.RidgeModel, x, y, factor: float = DROP_AIC) -> flo
 
 
 def _keep_bar(model: ridge.RidgeModel, x, y) -> float:
-    """The share of var y that a direction's response must exceed to stay in the search and the
-    first tidying: ``PRUNE``, or the noise bar (:func:`_noise_share`) where that is lower, so
-    that a direction stays when it carries more than ``PRUNE`` or more than noise would.
+    """The share of var y that a direction's response must exceed to stay in the search, the
+    finishing fit's first tidying and the split stage (its twins excepted): ``PRUNE``, or the
+    noise bar (:func:`_noise_share`) where that is lower, so that a direction stays when it
+    carries more than ``PRUNE`` or more than noise would.
 
     A fixed share alone cuts the weak features of large n: a d = 8, n = 16 target's feature
     scaled to 4e-6 of var f was found in the fourth peeling round and pruned at the next
     round's fit, against a noise bar of about 3e-7 (docs/results.md, session 34). While much of
     f is unexplained the noise bar is above ``PRUNE``, which then rules as before. The search
     picks directions where its residual is largest, so its spurious finds carry a little more
-    than noise (2–8e-7 of var y against a bar of 2e-7 at d = 16, n = 64): a few more reach the
-    finishing fit, whose tidying on fresh queries removes them.
+    than noise (2–8e-7 of var y against a bar of 2e-7 at d = 16, n = 64). A few more reach the
+    finishing fit, whose stages remove most of them: d = 8, Δ = 0.1, n = 64, seed 1 handed over
+    80 candidates (63 before), ended with 68 directions for 64 (65 before), none false, and
+    reached 1.000 one-to-one (0.969 before).
     """
     return min(PRUNE, _noise_share(model, x, y))
 
