@@ -1115,7 +1115,7 @@ def _keep_bar(model: ridge.RidgeModel, x, y) -> float:
 
 
 def _tidy(model: ridge.RidgeModel, x, y, *, extent: float, refine: bool,
-          bar: float | np.ndarray = PRUNE) -> ridge.RidgeModel:
+          bar: float | np.ndarray) -> ridge.RidgeModel:
     """Drops directions without response and merges redundant ones, refitting after each.
 
     A direction is kept when its response, after removing what the quadratic polynomial term can
