@@ -8,6 +8,7 @@ validation happens at the Python boundary, before the jit boundary.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -26,12 +27,18 @@ def violates(x: Any, ok: Callable[[Array], Array]) -> bool:
     """True when ``x`` holds values and ``ok(x)`` is False somewhere; a tracer is not checked.
 
     Evaluated eagerly even inside a trace (``jax.ensure_compile_time_eval``), where ``ok`` on a
-    closed-over constant would otherwise give a tracer that cannot become a bool.
+    closed-over constant would otherwise give a tracer that cannot become a bool. ``ok`` keys
+    one compiled check per shape, so pass a module-level function, not a fresh lambda.
     """
     if not is_concrete(x):
         return False
     with jax.ensure_compile_time_eval():
-        return not bool(jnp.all(ok(x)))
+        return not bool(_holds(x, ok))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _holds(x: Array, ok: Callable[[Array], Array]) -> Array:
+    return jnp.all(ok(x))
 
 
 def positive_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:

@@ -37,10 +37,14 @@ _GRID = 1025
 _GOLDEN_STEPS = 60
 
 
+def _in_unit_interval(v: Array) -> Array:
+    return (v > 0) & (v <= 1)
+
+
 def _unit_interval(name: str, x) -> Array:
     """x as a float array; concrete values must lie in (0, 1]."""
     x = _checks.float_array(name, x, ndims=range(8))
-    if _checks.violates(x, lambda v: (v > 0) & (v <= 1)):
+    if _checks.violates(x, _in_unit_interval):
         host = np.asarray(x)
         raise ValueError(f"{name} must lie in (0, 1] (a ratio of sizes), got values in "
                          f"[{host.min():g}, {host.max():g}]")

@@ -10,6 +10,7 @@ at step s draws exactly the batches an uninterrupted run would have drawn.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -83,6 +84,13 @@ def gaussian_dictionary(key: PRNGKeyArray, m: int, n: int) -> Float[Array, "m n"
     """I.i.d. Gaussian atoms normalised to unit length (uniform on the sphere S^{m-1})."""
     _checks.positive_int("m", m)
     _checks.positive_int("n", n)
+    return _gaussian_dictionary(key, m, n)
+
+
+# The samplers below are compiled whole per shape (one program instead of one per random draw
+# and per operation when called eagerly: the draws' threefry kernels dominate compile time).
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _gaussian_dictionary(key: PRNGKeyArray, m: int, n: int) -> Float[Array, "m n"]:
     return normalize_columns(jax.random.normal(key, (m, n)))
 
 
@@ -100,8 +108,13 @@ def clustered_dictionary(
     _checks.positive_int("n_clusters", n_clusters, maximum=n)
     if _checks.is_concrete(angle):
         _checks.real_number("angle", angle, minimum=0.0, maximum=jnp.pi / 2)
+    return _clustered_dictionary(key, m, n, n_clusters, angle)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _clustered_dictionary(key, m: int, n: int, n_clusters: int, angle) -> Float[Array, "m n"]:
     key_c, key_u = jax.random.split(key)
-    centres = gaussian_dictionary(key_c, m, n_clusters)[:, jnp.arange(n) % n_clusters]
+    centres = _gaussian_dictionary(key_c, m, n_clusters)[:, jnp.arange(n) % n_clusters]
     u = jax.random.normal(key_u, (m, n))
     u = normalize_columns(u - centres * jnp.sum(u * centres, axis=0, keepdims=True))
     return jnp.cos(angle) * centres + jnp.sin(angle) * u
@@ -143,6 +156,7 @@ def feature_probabilities(config: DataConfig) -> Float[Array, " n"]:
         capped |= over
 
 
+@functools.partial(jax.jit, static_argnames=("config", "batch_size"))
 def sample_support(
     key: PRNGKeyArray, config: DataConfig, batch_size: int, *, k: Int[Array, ""] | None = None
 ) -> Float[Array, "batch n"]:
@@ -169,6 +183,11 @@ def sample_codes(key: PRNGKeyArray, config: DataConfig, batch_size: int, *,
                  k: Int[Array, ""] | None = None) -> Float[Array, "b n"]:
     """Sparse codes: support from :func:`sample_support`, amplitudes N(0,1) or |N(0,1)|."""
     _checks.positive_int("batch_size", batch_size)
+    return _sample_codes(key, config, batch_size, k)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _sample_codes(key, config: DataConfig, batch_size: int, k) -> Float[Array, "b n"]:
     key_s, key_a = jax.random.split(key)
     amplitude = jax.random.normal(key_a, (batch_size, config.n))
     if not config.signed:
@@ -183,8 +202,15 @@ def sample_batch(
     _checks.float_array("dictionary", dictionary, ndims=(2,))
     _checks.same_size("dictionary rows", dictionary.shape[0], "config.m", config.m)
     _checks.same_size("dictionary columns", dictionary.shape[1], "config.n", config.n)
+    _checks.positive_int("batch_size", batch_size)
+    return _sample_batch(key, dictionary, config, batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _sample_batch(key, dictionary: Float[Array, "m n"], config: DataConfig, batch_size: int
+                  ) -> Batch:
     key_z, key_e = jax.random.split(key)
-    z = sample_codes(key_z, config, batch_size)
+    z = _sample_codes(key_z, config, batch_size, None)
     y = z @ dictionary.T
     if config.noise_std > 0:
         y = y + config.noise_std * jax.random.normal(key_e, y.shape)

@@ -112,9 +112,13 @@ def _check_lam(lam, batch_shape):
     if lam.shape != batch_shape:
         raise ValueError(f"lam must be a scalar or have the batch shape {batch_shape}, "
                          f"got shape {lam.shape}")
-    if _checks.violates(lam, lambda v: jnp.isfinite(v) & (v >= 0)):
+    if _checks.violates(lam, _finite_nonnegative):
         raise ValueError("lam must be finite and >= 0 for every sample")
     return lam
+
+
+def _finite_nonnegative(v: Array) -> Array:
+    return jnp.isfinite(v) & (v >= 0)
 
 
 def _batched(single, y, *args):
