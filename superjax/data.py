@@ -63,7 +63,9 @@ class DataConfig:
         _checks.one_of("frequencies", self.frequencies, FREQUENCIES)
         _checks.one_of("dictionary", self.dictionary, DICTIONARIES)
         _checks.real_number("zipf_exponent", self.zipf_exponent, minimum=0.0)
-        _checks.positive_int("n_clusters", self.n_clusters, maximum=self.n)
+        # n_clusters only shapes clustered dictionaries; a Gaussian one may have N < n_clusters.
+        _checks.positive_int("n_clusters", self.n_clusters,
+                             maximum=self.n if self.dictionary == "clustered" else None)
         _checks.real_number("cluster_angle", self.cluster_angle, minimum=0.0, maximum=jnp.pi / 2)
         _checks.real_number("noise_std", self.noise_std, minimum=0.0)
 

@@ -190,7 +190,9 @@ class Oracle:
         self.queries = 0
         self._calls = 0
         probe = jax.random.normal(jax.random.key(12345), (4096, self.d))
-        self.f_std = float(np.std(self._raw(probe)))  # not counted: defines the noise scale
+        # not counted: defines the noise scale
+        self.f_std = float(np.std(self._raw(probe, "the 4096 probe points that set the noise "
+                                                   "scale")))
 
     @classmethod
     def from_target(cls, target: Target, **kwargs) -> Oracle:
@@ -208,7 +210,7 @@ class Oracle:
     def remaining(self) -> int | None:
         return None if self.budget is None else self.budget - self.queries
 
-    def _raw(self, x) -> Array:
+    def _raw(self, x, where: str | None = None) -> Array:
         try:
             y = jnp.asarray(self._fn(x))
         except (TypeError, ValueError) as err:
@@ -220,8 +222,8 @@ class Oracle:
                              f"{x.shape[0]} query points; got {tuple(y.shape)}")
         if not bool(jnp.all(jnp.isfinite(y))):
             bad = int(jnp.sum(~jnp.isfinite(y)))
-            raise ValueError(f"the oracle function returned {bad} NaN/Inf value(s) "
-                             f"(query batch {self._calls})")
+            raise ValueError(f"the oracle function returned {bad} NaN/Inf value(s) on "
+                             f"{where or f'query batch {self._calls}'}")
         return y
 
     def __call__(self, x: Float[Array, "batch d"]) -> Float[Array, " batch"]:

@@ -120,12 +120,24 @@ def test_batch_at_is_reproducible_per_step_and_jits():
     ({"m": 8, "n": 16, "k": 3, "frequencies": "pareto"}, ValueError, "frequencies must be one"),
     ({"m": 8, "n": 16, "k": 3, "noise_std": -1.0}, ValueError, "noise_std must lie in"),
     ({"m": 8, "n": 16, "k": 3, "noise_std": float("nan")}, ValueError, "noise_std must be finite"),
-    ({"m": 8, "n": 16, "k": 3, "n_clusters": 17}, ValueError, "n_clusters must be >= 1 and <= 16"),
+    ({"m": 8, "n": 16, "k": 3, "dictionary": "clustered", "n_clusters": 17}, ValueError,
+     "n_clusters must be >= 1 and <= 16"),
+    ({"m": 8, "n": 16, "k": 3, "n_clusters": 0}, ValueError, "n_clusters must be >= 1"),
     ({"m": 8.5, "n": 16, "k": 3}, TypeError, "m must be an integer"),
 ])
 def test_config_validation(kwargs, err, match):
     with pytest.raises(err, match=match):
         data.DataConfig(**kwargs)
+
+
+def test_a_gaussian_dictionary_may_have_fewer_atoms_than_the_default_cluster_count():
+    # n_clusters (default 8) shapes clustered dictionaries only: N = 4 < 8 atoms is a valid
+    # undercomplete Gaussian problem, drawn with unit atoms and exactly K active per code.
+    cfg = data.DataConfig(m=8, n=4, k=2)
+    a = data.make_dictionary(jax.random.key(0), cfg)
+    np.testing.assert_allclose(jnp.linalg.norm(a, axis=0), 1.0, rtol=1e-6)
+    batch = data.sample_batch(jax.random.key(1), a, cfg, 64)
+    assert batch.y.shape == (64, 8) and np.all(np.sum(np.asarray(batch.z) != 0, 1) == 2)
 
 
 def test_sample_batch_rejects_mismatched_dictionary():

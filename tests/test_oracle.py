@@ -94,7 +94,12 @@ def test_oracle_wraps_any_callable_and_checks_it():
     np.testing.assert_allclose(orc(np.ones((2, 3))), 3 * np.sin(1.0), rtol=1e-6)
     with pytest.raises(ValueError, match="must return shape"):
         O.Oracle.from_callable(lambda x: np.ones((len(x), 2)), 3)
-    with pytest.raises(ValueError, match="NaN/Inf"):
+    with pytest.raises(ValueError, match="NaN/Inf value.* on the 4096 probe points"):
         O.Oracle.from_callable(lambda x: np.log(np.asarray(x)[:, 0]), 3)
+    # NaN only far out: the probe passes, and a later batch is named with its count.
+    far = O.Oracle.from_callable(lambda x: np.where(np.abs(x[:, 0]) > 50, np.nan, x[:, 0]), 3)
+    far(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"returned 1 NaN/Inf value\(s\) on query batch 1"):
+        far(np.array([[0.0, 0, 0], [99.0, 0, 0]]))
     with pytest.raises(ValueError, match="failed on query points"):
         O.Oracle.from_callable(lambda x: np.asarray(x) @ np.ones(5), 3)
