@@ -29,6 +29,10 @@ def open_array(path: str | pathlib.Path, *, key: str | None = None) -> np.ndarra
     if not path.is_file():
         raise ValueError(f"activation file {path} does not exist")
     if path.suffix == ".npy":
+        with open(path, "rb") as fh:
+            if fh.read(6) != b"\x93NUMPY":
+                raise ValueError(f"{path} is not a .npy file (no NumPy header); save the "
+                                 "activations with numpy.save")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError) as err:

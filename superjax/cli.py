@@ -61,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("train-sae", help="train an SAE on synthetic superposition data, score it")
-    s.add_argument("--m", type=int, required=True, help="neurons M")
+    s.add_argument("--m", type=int, default=None,
+                   help="neurons M (required for synthetic data; with --activations, the file's "
+                        "row width, which --m must match if given)")
     s.add_argument("--n", type=int, required=True, help="true features N")
     s.add_argument("--k", type=int, required=True, help="active features per sample K")
     s.add_argument("--arch", default="relu",
@@ -233,8 +235,16 @@ def _phase_transition(args) -> None:
 def _train_sae(args) -> None:
     from superjax import sae_study, train
 
+    m = args.m
+    if m is None:
+        if args.activations is None:
+            raise ValueError("--m is required for synthetic data (with --activations FILE the "
+                             "file's rows give it)")
+        from superjax import activations
+
+        m = activations.open_array(args.activations).shape[1]
     config = sae_study.TrainSAEConfig(
-        m=args.m, n=args.n, k=args.k, arch=args.arch, latents=args.latents, sae_k=args.sae_k,
+        m=m, n=args.n, k=args.k, arch=args.arch, latents=args.latents, sae_k=args.sae_k,
         known_dictionary=args.known_dictionary, samples=args.samples, steps=args.steps,
         batch_size=args.batch_size, lam=args.lam, learning_rate=args.lr, signed=args.signed,
         seed=args.seed, activations=args.activations, k_aux=args.auxk,

@@ -81,6 +81,15 @@ def test_bad_files_are_refused(tmp_path, payload, name, match):
         activations.open_array(path)
 
 
+def test_files_that_are_not_arrays_are_refused(tmp_path):
+    (tmp_path / "text.npy").write_text("hello")
+    with pytest.raises(ValueError, match="not a .npy file"):
+        activations.open_array(tmp_path / "text.npy")
+    (tmp_path / "junk.safetensors").write_bytes(b"\x10" + bytes(7) + b"{not json}")
+    with pytest.raises(ValueError, match="cannot read .* as .safetensors"):
+        activations.open_array(tmp_path / "junk.safetensors")
+
+
 def test_check_finite_names_the_row():
     arr = np.zeros((300, 4), np.float32)
     arr[257, 2] = np.inf
@@ -100,6 +109,11 @@ def test_train_sae_on_an_activation_file(act_file, tmp_path, capsys):
     cfg = json.loads((out / "saelens" / "cfg.json").read_text())
     assert cfg["d_in"] == 8
     assert "fvu=" in capsys.readouterr().out
+    # M comes from the file when --m is left out: the same run.
+    again = tmp_path / "again"
+    argv = [a for a in argv if a not in ("--m", "8")]
+    assert cli.main([*argv[:-1], str(again)]) == 0
+    assert json.loads((again / "report.json").read_text())["fvu"] == rep["fvu"]
 
 
 @pytest.mark.parametrize(("change", "match"), [

@@ -224,6 +224,7 @@ def test_train_sae_sweep_is_one_run_scored_per_value(sweep_args, name, values, o
      "is for --arch topk"),
     (["train-sae", "--m", "8", "--n", "16", "--k", "3", "--arch", "topk", "--topk-kernel",
       "sparse", "--out", "x"], "topk_kernel must be one of"),
+    (["train-sae", "--n", "16", "--k", "3", "--out", "x"], "--m is required for synthetic data"),
 ])
 def test_train_sae_bad_input(argv, match, capsys):
     assert cli.main(argv) == 2
