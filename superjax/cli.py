@@ -13,6 +13,8 @@ import pathlib
 import sys
 import time
 
+from superjax import __version__
+
 
 def _float_list(text: str, kind=float, example: str = "0.1,0.25,0.5") -> tuple[float, ...]:
     try:
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="superjax", description=(
         "Extract features stored in superposition and measure how far each method is from "
         "the theoretical limit."))
+    p.add_argument("--version", action="version", version=f"superjax {__version__}")
     p.add_argument("--distributed", action="store_true",
                    help="join a multi-process run first (jax.distributed.initialize): detected on "
                         "TPU, Slurm and Open MPI; elsewhere give --coordinator, --num-processes "

@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 from scipy.optimize import linear_sum_assignment
 
+import superjax as sj
 from superjax import cli, metrics
 
 REQUIRED_BOUNDS = {"delta", "rho", "rho_weak", "m_min", "recoverable", "welch_bound",
@@ -66,6 +67,12 @@ def test_bad_values_exit_2_with_one_line(argv, match, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"superjax {sj.__version__}"
 
 
 @pytest.mark.parametrize("argv", [
