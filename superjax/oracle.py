@@ -220,7 +220,7 @@ class Oracle:
         if y.shape != (x.shape[0],):
             raise ValueError(f"the oracle function must return shape ({x.shape[0]},) for "
                              f"{x.shape[0]} query points; got {tuple(y.shape)}")
-        if not bool(jnp.all(jnp.isfinite(y))):
+        if _checks.violates(y, jnp.isfinite):
             bad = int(jnp.sum(~jnp.isfinite(y)))
             raise ValueError(f"the oracle function returned {bad} NaN/Inf value(s) on "
                              f"{where or f'query batch {self._calls}'}")
