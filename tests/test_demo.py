@@ -6,9 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from test_sae_study import assert_gap_report
 
 
+# The main job takes 450–510 s of one CPU, as much as the rest of the default suite on one
+# worker: it runs with `make test-all` (and is what `make demo` runs), not with `make test`.
+@pytest.mark.slow
 def test_demo_writes_report_with_figures_and_results(tmp_path):
     # As a user runs it: a fresh process on the machine's one CPU device (not the 4 simulated
     # devices of the rest of the suite, which only slow the demo down on a 2-core machine).

@@ -57,16 +57,18 @@ def test_fits_on_many_queries_run_in_chunks_with_the_same_result(monkeypatch):
     y = jnp.sin(2 * x @ v[0]) + jnp.tanh(x @ v[1]) + jax.nn.relu(x @ v[2]) + 0.1 * x[:, 0]
     start = ridge.init(ridge.unit(v + 0.1 * jax.random.normal(jax.random.key(7), v.shape)),
                        knots=12, extent=4.5)
-    fit = ridge.fit.__wrapped__  # unjitted: reads CHUNK at every call
+    fit = ridge.fit.__wrapped__  # traced afresh below, so it reads CHUNK each time
 
     def outputs():
         loss, grad = jax.value_and_grad(ridge._loss)(start, x, y)
         return loss, grad, ridge._preconditioner(start, x), fit(start, x, y, directions=True,
                                                                steps=30)
 
-    whole = outputs()
+    # Compiled whole, from a new function each time (jit would reuse the trace of the same
+    # one), so each trace reads the CHUNK in force.
+    whole = jax.jit(lambda: outputs())()
     monkeypatch.setattr(ridge, "CHUNK", 1000)  # three chunks, the last half padding
-    chunked = outputs()
+    chunked = jax.jit(lambda: outputs())()
     np.testing.assert_allclose(chunked[0], whole[0], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(chunked[1:3]), jax.tree.leaves(whole[1:3]), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
