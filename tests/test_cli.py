@@ -238,7 +238,6 @@ def test_train_sae_bad_input(argv, match, capsys):
     assert match in capsys.readouterr().err
 
 
-@pytest.mark.slow  # the default suite runs recovery_study.run end to end in the demo (test_demo)
 def test_recover_writes_the_scored_result(tmp_path, capsys):
     out = tmp_path / "rec"
     argv = ["recover", "--d", "5", "--n", "6", "--method", "hessian", "--budget", "60000",

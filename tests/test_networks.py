@@ -86,7 +86,7 @@ def test_online_training_reaches_the_population_optimum_of_a_softmax_world():
                               progress=False)
 
 
-@pytest.mark.slow  # the default suite checks the same properties at N = 32 through test_demo
+@pytest.mark.slow  # 96 s of one CPU; test_demo checks the same properties at N = 32
 def test_identifiability_small_world(tmp_path):
     common = dict(latents=12, k=2, samples=4096, test_samples=2048, classifier_steps=1000,
                   sae_steps=600)
@@ -134,7 +134,7 @@ def test_a_classifier_that_does_not_learn_is_reported_not_scored(tmp_path):
     assert "linear_r2" not in rep and "sae_latent_mcc" not in rep
 
 
-@pytest.mark.slow  # the default suite checks the same on the demo's digits run (test_demo)
+@pytest.mark.slow  # test_demo (also slow) checks the same on the demo's digits run
 def test_digits_network_sae_scores_and_panels(tmp_path):
     rep = network_study.real_network(
         network_study.RealNetworkConfig(samples=900, neurons=32, latents=64, k=4,

@@ -107,7 +107,8 @@ def _instance(d, n, seed=0, **kw):
 
 
 @pytest.mark.parametrize("method,budget", [
-    # The default suite runs both recoveries at this size and budget through the demo (test_demo).
+    # The demo runs both recoveries at this size and budget (test_demo, also slow); the default
+    # suite runs `superjax recover` end to end at d = 5 (test_cli).
     pytest.param("fourier", 80_000, marks=pytest.mark.slow),
     pytest.param("hessian", 120_000, marks=pytest.mark.slow)])
 def test_methods_recover_an_overcomplete_target(method, budget):

@@ -9,7 +9,7 @@ import pytest
 from superjax import cli, metrics, sae_study
 
 
-@pytest.mark.slow  # the default suite runs the study in the demo (test_demo)
+@pytest.mark.slow  # 66 s of one CPU, compiling every encoder; test_demo runs the study too
 def test_amortisation_gap_report_structure(tmp_path, capsys):
     out = tmp_path / "gap"
     argv = ["amortisation-gap", "--m", "8", "--n", "16", "--k", "3", "--steps", "150",
