@@ -32,6 +32,6 @@ jax.config.update("jax_num_cpu_devices", 4)
 
 
 def pytest_collection_modifyitems(items):
-    # The main job end to end is the longest test by far: start it first, so the other workers
-    # share out the rest while it runs, instead of it running alone at the end.
+    # The main job end to end (`slow`: run by `make test-all`) is the longest test by far: start
+    # it first, so the other workers share out the rest while it runs, not it alone at the end.
     items.sort(key=lambda item: item.path.name != "test_demo.py")
